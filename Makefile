@@ -1,0 +1,53 @@
+# tabserve: `make run` sets up and serves the default model; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+REPOSITORY ?= models
+DEFAULT_MODEL ?= iris
+DATASET ?= iris
+NAME ?= $(DATASET)
+ARGS ?=
+
+.PHONY: setup run test lint format train verify quality clean
+
+setup: $(STAMP)
+
+# torch first, pinned: the local CPU build. A looser torch requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+## The main job: a default model, verified (the server lands with the serving issue).
+run: setup
+	@test -d $(REPOSITORY)/$(DEFAULT_MODEL)/1 || $(PY) -m training train --dataset $(DEFAULT_MODEL) --name $(DEFAULT_MODEL) --repository $(REPOSITORY)
+	$(PY) -m training verify $(REPOSITORY)/$(DEFAULT_MODEL)/1
+
+test: setup lint
+	$(PY) -m pytest $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## make train DATASET=wine [NAME=wine] [ARGS="--hidden 64,32"]
+train: setup
+	$(PY) -m training train --dataset $(DATASET) --name $(NAME) --repository $(REPOSITORY) $(ARGS)
+
+## make verify FOLDER=models/iris/1
+verify: setup
+	$(PY) -m training verify $(FOLDER)
+
+## Ours vs scikit-learn's MLPClassifier on every built-in dataset.
+quality: setup
+	$(PY) -m training quality
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,115 @@
+"""Check a published version without torch: manifest, file hashes, and the ONNX graphs it promises.
+
+Training's `verify` adds a torch parity check on top; the server runs exactly this before it loads a
+version, so a corrupted or hand-edited bundle is refused with a reason instead of served.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from bundle.atomic import sha256_file
+from bundle.manifest import MANIFEST_FILE, Manifest
+from bundle.repository import LABEL_ENCODER_FILE, MODEL_FILE, SCALER_FILE
+
+REQUIRED_FILES = (MODEL_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
+METADATA_KEYS = ("name", "version", "features", "labels")
+
+
+class BundleError(Exception):
+    """A version folder that must not be served; the message says which file and what is wrong."""
+
+
+def onnx_metadata(name: str, version: int, features: list[str], classes: list[str]) -> dict[str, str]:
+    """What `model.onnx` carries about itself, so the graph alone still says what it predicts."""
+    return {"name": name, "version": str(version), "features": json.dumps(features), "labels": json.dumps(classes)}
+
+
+def read_manifest(folder: Path) -> Manifest:
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).is_file():
+        raise BundleError(f"{folder}: {MANIFEST_FILE} is missing")
+    try:
+        manifest = Manifest.read(folder)
+    except (ValidationError, ValueError) as e:
+        raise BundleError(f"{folder / MANIFEST_FILE}: invalid: {e}") from None
+    if folder.name != str(manifest.version) or folder.parent.name != manifest.name:
+        raise BundleError(
+            f"{folder}: manifest says {manifest.name}/{manifest.version}, folder is {folder.parent.name}/{folder.name}"
+        )
+    return manifest
+
+
+def check_hashes(folder: Path, manifest: Manifest) -> None:
+    for required in REQUIRED_FILES:
+        if required not in manifest.files:
+            raise BundleError(f"{folder}: manifest lists no {required}")
+    for name, expected in manifest.files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(f"{path}: sha256 is {actual[:12]}…, manifest says {expected[:12]}…")
+
+
+def open_session(path: Path, options: ort.SessionOptions | None = None, providers: list[str] | None = None):
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types for every kind of bad graph
+        raise BundleError(f"{path}: not a loadable ONNX model: {e}") from None
+
+
+def check_model_graph(folder: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+    """The graph's inputs, outputs and metadata must be what the manifest promises."""
+    path = Path(folder) / MODEL_FILE
+    got_in = [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()]
+    want_in = [("features", "tensor(float)", [manifest.n_features])]
+    got_out = [(o.name, o.type, o.shape[1:]) for o in session.get_outputs()]
+    want_out = [("probabilities", "tensor(float)", [manifest.n_classes])]
+    if got_in != want_in or got_out != want_out:
+        raise BundleError(f"{path}: graph signature {got_in} -> {got_out}, expected {want_in} -> {want_out}")
+    metadata = session.get_modelmeta().custom_metadata_map
+    expected = onnx_metadata(manifest.name, manifest.version, manifest.features, manifest.classes)
+    wrong = [key for key in METADATA_KEYS if metadata.get(key) != expected[key]]
+    if wrong:
+        raise BundleError(f"{path}: metadata {wrong} disagree with the manifest")
+
+
+def check_label_encoder(folder: Path, manifest: Manifest) -> None:
+    """`label_encoder.onnx` must decode every class index to the manifest's label."""
+    path = Path(folder) / LABEL_ENCODER_FILE
+    session = open_session(path)
+    indices = np.arange(manifest.n_classes, dtype=np.int64)
+    decoded = [str(label) for label in session.run(None, {session.get_inputs()[0].name: indices})[0]]
+    if decoded != manifest.classes:
+        raise BundleError(f"{path}: decodes {decoded}, manifest classes are {manifest.classes}")
+
+
+def check_scaler(folder: Path, manifest: Manifest) -> None:
+    """`scaler.onnx` must standardize with the manifest's mean and scale."""
+    path = Path(folder) / SCALER_FILE
+    session = open_session(path)
+    mean = np.asarray(manifest.scaler.mean, dtype=np.float32)
+    scale = np.asarray(manifest.scaler.scale, dtype=np.float32)
+    probe = np.stack([mean, mean + scale, mean - 2 * scale]).astype(np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    expected = np.array([[0.0], [1.0], [-2.0]], dtype=np.float32) * np.ones((1, manifest.n_features), np.float32)
+    if not np.allclose(got, expected, atol=1e-4):
+        raise BundleError(f"{path}: does not standardize with the manifest's mean and scale")
+
+
+def check_bundle(folder: Path) -> Manifest:
+    """Every check a server needs before serving `folder`; returns its manifest or raises `BundleError`."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    check_hashes(folder, manifest)
+    check_model_graph(folder, manifest, open_session(folder / MODEL_FILE))
+    check_scaler(folder, manifest)
+    check_label_encoder(folder, manifest)
+    return manifest

@@ -1,0 +1,140 @@
+"""Command line: `python -m training train|verify|quality`. Errors print one line and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from bundle.integrity import BundleError
+from training.config import ModelConfig, TrainConfig
+from training.errors import TrainingError
+
+MODEL_FLAGS = ("hidden", "activation", "dropout", "init")
+INTERRUPTED = 130
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,64, got {text!r}") from None
+
+
+def _columns(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model and publish it as a new version")
+    train.add_argument("--dataset", "--data", dest="dataset", help="built-in name or a .csv/.parquet file")
+    train.add_argument("--label-column")
+    train.add_argument("--features", type=_columns, help="comma-separated feature columns (default: all others)")
+    train.add_argument("--name", required=True, help="model name in the repository")
+    train.add_argument("--repository", type=Path, default=Path("models"))
+    train.add_argument("--workdir", type=Path, help="checkpoint folder for the run (default: runs/<name>)")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run in --workdir")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 128,64")
+    train.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu", "gelu"])
+    train.add_argument("--dropout", type=float)
+    train.add_argument("--init", choices=["kaiming", "xavier", "default"])
+    train.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--momentum", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--max-epochs", type=int)
+    train.add_argument("--patience", type=int)
+    train.add_argument("--lr-patience", type=int)
+    train.add_argument("--lr-factor", type=float)
+    train.add_argument("--class-weights", choices=["none", "balanced"])
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--test-fraction", type=float)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+    verify = commands.add_parser("verify", help="re-check hashes and ONNX parity of a published version")
+    verify.add_argument("folder", type=Path, help="<repository>/<name>/<version>")
+
+    quality = commands.add_parser("quality", help="ours vs scikit-learn's MLPClassifier on every built-in dataset")
+    quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--datasets", type=_columns, help="comma-separated subset of the built-ins")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    model = {k: given.pop(k) for k in MODEL_FLAGS if k in given}
+    fields = {k: v for k, v in given.items() if k in TrainConfig.model_fields}
+    return TrainConfig(**fields, model=ModelConfig(**model))
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        flag = "--" + str(e["loc"][-1]).replace("_", "-") if e["loc"] else "settings"
+        parts.append(f"{flag}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training import pipeline  # torch is imported only for commands that need it
+
+    workdir = args.workdir or pipeline.default_workdir(args.name)
+    if args.resume:
+        config = pipeline.resume_config(workdir, args.name)
+    else:
+        if not args.dataset:
+            raise TrainingError("--dataset is required (a built-in name or a .csv/.parquet file)")
+        config = config_from_args(args)
+    try:
+        folder, manifest = pipeline.train(config, args.repository, workdir, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; continue with: python -m training train --name {config.name} --resume"
+            + (f" --workdir {workdir}" if args.workdir else ""),
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    metrics = manifest.metrics
+    print(
+        f"published {folder} — test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+        f"log-loss {metrics['log_loss']:.4f}"
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from training.verify import verify
+
+    manifest, difference = verify(args.folder)
+    print(f"ok {manifest.name}/{manifest.version}: hashes match, ONNX vs torch max difference {difference:.1e}")
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from training.quality import main
+
+    return main(seed=args.seed, datasets=args.datasets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"train": _train, "verify": _verify, "quality": _quality}[args.command]
+    try:
+        return command(args)
+    except ValidationError as e:
+        print(f"error: {_describe(e)}", file=sys.stderr)
+        return 2
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -1,0 +1,130 @@
+"""One training run from data to a published, verified version: load → split → fit → evaluate → export → publish."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import numpy as np
+
+from bundle import repository
+from bundle.atomic import sha256_file
+from bundle.integrity import onnx_metadata
+from bundle.manifest import MANIFEST_FILE, DatasetInfo, Manifest, ScalerParams, TensorSpec
+from training import checkpoint, data, evaluate, export
+from training.config import TrainConfig
+from training.errors import ResumeError
+from training.model import Classifier
+from training.preprocess import Prepared, prepare
+from training.trainer import Trainer
+
+CURVES_FILE = "curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "scikit-learn", "skl2onnx", "numpy")
+
+
+def default_workdir(name: str) -> Path:
+    """Where a run's `last.pt` / `best.pt` live while it trains (and where `--resume` looks)."""
+    return Path("runs") / name
+
+
+def resume_config(workdir: Path, name: str) -> TrainConfig:
+    saved = checkpoint.load(Path(workdir) / checkpoint.LAST)
+    config = TrainConfig.model_validate(saved["config"])
+    if config.name != name:
+        raise ResumeError(f"{workdir}: holds a run of {config.name!r}, not {name!r}")
+    return config
+
+
+def train(
+    config: TrainConfig, repo: Path, workdir: Path, resume: bool = False, progress: bool = True
+) -> tuple[Path, Manifest]:
+    """Train per `config` (continuing from `workdir/last.pt` if `resume`) and publish the next version."""
+    started = time.perf_counter()
+    dataset = data.load(config.dataset, config.label_column, config.features)
+    prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
+    trainer = Trainer(config, prepared, dataset, workdir, progress=progress)
+    if resume:
+        trainer.resume(Path(workdir) / checkpoint.LAST)
+    state = trainer.fit()
+    best = trainer.best_checkpoint()
+    classifier = checkpoint.rebuild_classifier(best)
+    training_seconds = time.perf_counter() - started
+
+    def build(staging: Path, version: int) -> Manifest:
+        return write_bundle(staging, version, config, dataset, prepared, classifier, state, workdir, training_seconds)
+
+    folder = repository.publish(repo, config.name, build)
+    return folder, Manifest.read(folder)
+
+
+def write_bundle(
+    staging: Path,
+    version: int,
+    config: TrainConfig,
+    dataset: data.Dataset,
+    prepared: Prepared,
+    classifier: Classifier,
+    state,
+    workdir: Path,
+    training_seconds: float,
+) -> Manifest:
+    """Every file of a version, the manifest last (it hashes the others)."""
+    n_features, classes = len(prepared.features), prepared.classes
+    identity = {"name": config.name, "version": version, "features": prepared.features, "classes": classes}
+    metadata = onnx_metadata(**identity)
+
+    model_path = staging / repository.MODEL_FILE
+    export.export_classifier(classifier, n_features, metadata, model_path)
+    parity = export.check_classifier_parity(model_path, classifier, prepared.test.X)
+    export.export_scaler(prepared.scaler, n_features, staging / repository.SCALER_FILE, prepared.test.X)
+    export.export_label_decoder(prepared.encoder, classes, staging / repository.LABEL_ENCODER_FILE)
+    shutil.copyfile(Path(workdir) / checkpoint.BEST, staging / repository.CHECKPOINT_FILE)
+
+    probabilities = _onnx_probabilities(model_path, prepared.test.X)
+    metrics = evaluate.evaluate(probabilities, prepared.test.y, classes)
+    evaluate.plot_curves(state.history, state.best_epoch, staging / CURVES_FILE)
+    evaluate.plot_confusion_matrix(metrics, staging / CONFUSION_FILE)
+    report = {
+        "model": config.name,
+        "version": version,
+        "test": metrics,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "history": state.history,
+        "parity_max_abs_diff": parity,
+        "training_seconds": training_seconds,
+        "config": config.model_dump(mode="json"),
+    }
+    (staging / repository.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+
+    manifest = Manifest(
+        **identity,
+        created_at=datetime.now(UTC),
+        class_prior=prepared.class_prior(),
+        inputs=[TensorSpec(name="features", datatype="FP32", shape=[-1, n_features])],
+        outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, len(classes)])],
+        scaler=ScalerParams(mean=prepared.scaler.mean_.tolist(), scale=prepared.scaler.scale_.tolist()),
+        metrics=evaluate.headline(metrics),
+        training=config.model_dump(mode="json"),
+        dataset=DatasetInfo(
+            source=dataset.source,
+            fingerprint=dataset.fingerprint(),
+            rows=len(dataset.y),
+            split={"train": len(prepared.train), "val": len(prepared.val), "test": len(prepared.test)},
+        ),
+        files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST_FILE},
+        libraries={"python": platform.python_version(), **{lib: package_version(lib) for lib in LIBRARIES}},
+    )
+    manifest.write(staging)
+    return manifest
+
+
+def _onnx_probabilities(path: Path, X: np.ndarray) -> np.ndarray:
+    session = export.onnx_session(path)
+    return session.run(["probabilities"], {"features": np.ascontiguousarray(X, dtype=np.float32)})[0]
