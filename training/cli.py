@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -86,6 +87,9 @@ def _describe(error: ValidationError) -> str:
 def _train(args: argparse.Namespace) -> int:
     from training import pipeline  # torch is imported only for commands that need it
 
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored; restore
+    # Ctrl-C so an interrupt always stops at a checkpoint boundary and can be resumed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = args.workdir or pipeline.default_workdir(args.name)
     if args.resume:
         config = pipeline.resume_config(workdir, args.name)
