@@ -66,3 +66,14 @@ def test_label_graph_decodes_indices_to_labels(trained):
     labels = decoder.run(None, {"index": np.array([2, 0, 1, 0], dtype=np.int64)})[0]
     assert labels.tolist() == ["virginica", "setosa", "versicolor", "setosa"]
     assert decoder.run(None, {"index": np.array([7], dtype=np.int64)})[0].tolist() == [""]
+
+
+def test_training_publishes_nothing_when_parity_fails(tmp_path, monkeypatch):
+    from training import pipeline
+    from training.config import TrainConfig
+
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no graph can pass: the publish must be refused
+    config = TrainConfig(name="iris", dataset="iris", max_epochs=2)
+    with pytest.raises(ParityError, match="ONNX Runtime and torch differ"):
+        pipeline.train(config, tmp_path / "models", tmp_path / "run", progress=False)
+    assert not [p for p in (tmp_path / "models" / "iris").iterdir() if p.name != ".publish.lock"]
