@@ -8,8 +8,9 @@ DEFAULT_MODEL ?= iris
 DATASET ?= iris
 NAME ?= $(DATASET)
 ARGS ?=
+BENCH_DURATION ?= 8
 
-.PHONY: setup run test lint format train verify quality clean
+.PHONY: setup run test lint format train verify quality bench clean
 
 setup: $(STAMP)
 
@@ -48,6 +49,11 @@ verify: setup
 ## Ours vs scikit-learn's MLPClassifier on every built-in dataset.
 quality: setup
 	$(PY) -m training quality
+
+## Four servers on one model, one load generator (hey): make bench [BENCH_DURATION=8] (about 3-5 minutes).
+bench: setup
+	@command -v hey >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y hey; else sudo apt-get install -y hey; fi; }
+	BENCH_DURATION=$(BENCH_DURATION) $(PY) -m benchmarks.run
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""The load generator: `hey` for a fixed duration, with per-request latencies (`-o csv`) turned into stats here.
+
+hey's CSV lists every request that got an HTTP answer (status and latency) but leaves out transport errors
+(refused or reset connections); the harness checks the server is still alive after each scenario to catch those.
+The CSV has 0.1 ms resolution, so sub-millisecond p50s are coarse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.procs import stop_group
+
+
+@dataclass
+class Load:
+    """What one scenario sends: a body repeated as fast as `concurrency` workers allow."""
+
+    url: str
+    body: bytes
+    rows: int
+    concurrency: int
+    content_type: str = "application/json"
+    headers: tuple[str, ...] = ()
+
+
+@dataclass
+class Stats:
+    requests: int  # answered with 2xx
+    errors: int  # answered with anything else
+    seconds: float
+    rows_per_request: int
+    p50_ms: float | None
+    p99_ms: float | None
+    statuses: dict[int, int]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rps * self.rows_per_request
+
+
+def hey_available() -> bool:
+    return shutil.which("hey") is not None
+
+
+def drive(load: Load, duration: float) -> Stats:
+    """Run hey for `duration` seconds against `load.url`; killed if it overruns (hey's own timeout is 10 s/request)."""
+    with tempfile.NamedTemporaryFile(prefix="bench-body-", delete=False) as f:
+        f.write(load.body)
+    command = ["hey", "-z", f"{duration:g}s", "-c", str(load.concurrency), "-t", "10", "-m", "POST"]
+    command += ["-T", load.content_type, "-D", f.name, "-o", "csv"]
+    for header in load.headers:
+        command += ["-H", header]
+    process = subprocess.Popen(
+        [*command, load.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        out, err = process.communicate(timeout=duration + 30)
+    finally:
+        if process.poll() is None:
+            stop_group(process.pid, grace=1)
+        process.wait()
+        Path(f.name).unlink(missing_ok=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"hey exited with code {process.returncode}: {err.decode(errors='replace').strip()[:300]}")
+    return parse_csv(out.decode(), load.rows, duration)
+
+
+def parse_csv(text: str, rows: int, duration: float) -> Stats:
+    """Stats from hey's CSV: rps and rows/s over the run's wall time, p50/p99 over the 2xx answers."""
+    latencies, statuses, end = [], {}, 0.0
+    for record in csv.DictReader(io.StringIO(text)):
+        with contextlib.suppress(KeyError, ValueError):
+            latency, status, offset = (
+                float(record["response-time"]),
+                int(record["status-code"]),
+                float(record["offset"]),
+            )
+            statuses[status] = statuses.get(status, 0) + 1
+            end = max(end, offset + latency)
+            if 200 <= status < 300:
+                latencies.append(latency)
+    ok = len(latencies)
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (None, None)
+    return Stats(
+        requests=ok,
+        errors=sum(statuses.values()) - ok,
+        seconds=max(end, duration),
+        rows_per_request=rows,
+        p50_ms=None if p50 is None else float(p50),
+        p99_ms=None if p99 is None else float(p99),
+        statuses=statuses,
+    )

@@ -1,0 +1,311 @@
+"""`python -m benchmarks.run [--duration S] [--servers a,b] [--repository R]`: the whole benchmark, bounded in time.
+
+Four servers run one after another on 127.0.0.1 (never together: they would share the same 2 cores), each
+started as a subprocess, checked with one real request per scenario (right status, right probabilities), driven
+by `hey`, then stopped with its whole process group, also on Ctrl-C. One table and the bars of issue 3 at the end,
+and `benchmarks/results/latest.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import model, report
+from benchmarks.loadgen import Load, drive, hey_available
+from benchmarks.procs import NotAvailable, free_port, http_status, idle_cpu_percent, running
+from benchmarks.report import BINARY_1000, C1, C16, C64, IN_PROCESS_1000, JSON_1000, Row
+from benchmarks.servers import load_classes
+
+DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
+SERVERS = ("bare", "fastapi", "litserve", "tabserve")
+STARTUP_TIMEOUT = 90.0  # LitServe and tabserve start worker processes and load models
+IDLE_SECONDS = 2.0
+IN_PROCESS_SECONDS = 2.0
+OVERHEAD_PER_SERVER = 10.0  # start, settle, idle CPU, stop: what a server costs besides its scenarios (estimate)
+RESULTS = model.ROOT / "benchmarks" / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    rows: int
+    concurrency: int
+    binary: bool = False
+    servers: tuple[str, ...] = SERVERS
+
+
+SCENARIOS = (
+    Scenario(C1, 1, 1),
+    Scenario(C16, 1, 16),
+    Scenario(C64, 1, 64),
+    Scenario(JSON_1000, 1000, 4),
+    Scenario(BINARY_1000, 1000, 4, binary=True, servers=("tabserve",)),
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    ready: str
+    predict: str
+    infer: str | None = None  # the Open Inference Protocol endpoint, for binary tensors
+
+
+SPECS = {
+    "bare": Server("bare", "/health", "/predict"),
+    "fastapi": Server("fastapi", "/health", "/predict"),
+    "litserve": Server("litserve", "/health", "/predict"),
+    "tabserve": Server(
+        "tabserve", "/v2/health/ready", f"/v1/models/{model.MODEL_NAME}/predict", f"/v2/models/{model.MODEL_NAME}/infer"
+    ),
+}
+
+
+class Clock:
+    """Progress lines stamped with the time since the run began."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
+
+
+def server_command(name: str, port: int, model_dir: Path, repository: Path) -> list[str]:
+    """How each server starts; tabserve as a user starts it, after checking `python -m service` exists."""
+    if name != "tabserve":
+        module = {"bare": "bare", "fastapi": "fastapi_ort", "litserve": "litserve_vanilla"}[name]
+        return [sys.executable, "-m", f"benchmarks.servers.{module}", "--model", str(model_dir), "--port", str(port)]
+    try:
+        help_run = subprocess.run(
+            [sys.executable, "-m", "service", "--help"], cwd=model.ROOT, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        raise NotAvailable("`python -m service --help` did not answer in 60 s") from None
+    if help_run.returncode != 0:
+        last = (help_run.stderr or help_run.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise NotAvailable(f"`python -m service --help` failed: {last[0]}")
+    command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(port)]
+    command += ["--host", "127.0.0.1"]
+    if "--workers" in help_run.stdout:
+        command += ["--workers", "1"]  # one inference process, like the other servers
+    return command
+
+
+def make_load(spec: Server, base: str, scenario: Scenario) -> Load:
+    rows = model.digits_rows(scenario.rows)
+    if not scenario.binary:
+        return Load(base + spec.predict, model.json_body(rows), scenario.rows, scenario.concurrency)
+    body, header_length = model.binary_body(rows)
+    headers = (f"Inference-Header-Content-Length: {header_length}",)
+    return Load(base + spec.infer, body, scenario.rows, scenario.concurrency, "application/octet-stream", headers)
+
+
+def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> str | None:
+    """One request before the load: None when the server answers 2xx with the right probabilities, else why not.
+
+    A fast wrong answer is not a result, so a scenario whose check fails is reported and skipped.
+    """
+    headers = {"Content-Type": load.content_type} | dict(h.split(": ", 1) for h in load.headers)
+    request = urllib.request.Request(load.url, data=load.body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body, header_length = response.read(), response.headers.get("Inference-Header-Content-Length")
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
+    except OSError as e:
+        return f"no answer: {e}"
+    if expected is None:
+        return None
+    try:
+        if header_length is not None:
+            got = model.parse_binary_response(body, int(header_length))
+        elif load.content_type == "application/json":
+            predictions = json.loads(body)["predictions"]
+            got = np.array([[p["probabilities"][c] for c in classes] for p in predictions], dtype=np.float32)
+        else:  # an Open Inference Protocol answer in JSON
+            (output,) = [o for o in json.loads(body)["outputs"] if o["name"] == "probabilities"]
+            got = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unexpected answer ({type(e).__name__}: {e}): {body[:200].decode(errors='replace')}"
+    if got.shape != expected.shape:
+        return f"wrong shape: {got.shape}, expected {expected.shape}"
+    if (diff := float(np.abs(got - expected).max())) > 1e-5:
+        return f"wrong probabilities: max difference {diff:.2g} from in-process ONNX Runtime"
+    return None
+
+
+def expected_probabilities(model_dir: Path, rows: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: model.digits_rows(rows)})[0]
+
+
+def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) -> tuple[list[Row], dict]:
+    """Start one server, measure its idle CPU and every scenario, stop it. Never raises for a server's failure."""
+    spec, rows, info = SPECS[name], [], {"available": False}
+    try:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        command = server_command(name, port, ctx["model_dir"], ctx["repository"])
+        info["command"] = " ".join(command)
+        log(f"{name}: starting (log: {ctx['logs'] / (name + '.log')})")
+        started = time.monotonic()
+        with running(command, base + spec.ready, ctx["logs"] / f"{name}.log", STARTUP_TIMEOUT, model.ROOT) as process:
+            info["available"], info["startup_s"] = True, round(time.monotonic() - started, 1)
+            log(f"{name}: ready after {info['startup_s']} s; measuring idle CPU for {IDLE_SECONDS:g} s …")
+            time.sleep(1.0)  # let start-up work settle before calling the server idle
+            idle = idle_cpu_percent(process.pid, IDLE_SECONDS)
+            info["idle_cpu_percent"] = round(idle, 1)
+            log(f"{name}: idle CPU {idle:.1f}% of a core")
+            for scenario in scenarios:
+                try:
+                    rows.append(run_scenario(name, spec, base, scenario, process, idle, ctx, log))
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # hey failed: note it, go on
+                    log(f"{name}: {scenario.name}: failed ({e})")
+                    rows.append(Row(name, scenario.name, idle_cpu=idle, note=f"failed: {e}"))
+    except NotAvailable as e:
+        info["reason"] = str(e)
+        log(f"{name}: not available ({e})")
+        rows.append(Row(name, "", note=f"not available ({e})"))
+    except Exception as e:  # a broken server or harness step must not lose the other servers' results
+        info["reason"] = f"{type(e).__name__}: {e}"
+        log(f"{name}: failed ({info['reason']})")
+        rows.append(Row(name, "", note=f"failed ({info['reason']})"))
+    if info["available"]:
+        log(f"{name}: stopped")
+    return rows, info
+
+
+def run_scenario(name, spec, base, scenario, process, idle, ctx, log) -> Row:
+    load = make_load(spec, base, scenario)
+    expected = None if name == "bare" else ctx["expected"][scenario.rows]
+    if problem := preflight(load, expected, ctx["classes"]):
+        log(f"{name}: {scenario.name}: skipped, check request failed: {problem}")
+        return Row(name, scenario.name, idle_cpu=idle, note=f"skipped: {problem}")
+    log(f"{name}: {scenario.name} for {ctx['duration']:g} s …")
+    stats = drive(load, ctx["duration"])
+    note = ""
+    if process.poll() is not None or http_status(base + spec.ready) != 200:
+        note = "server died or stopped being ready"
+    row = Row(
+        name, scenario.name, stats.rps, stats.p50_ms, stats.p99_ms, stats.rows_per_second, stats.errors, idle, note
+    )
+    p50, p99 = report.num(stats.p50_ms, 2), report.num(stats.p99_ms, 2)
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(stats.statuses.items()))
+    log(f"{name}: {scenario.name}: {stats.rps:,.0f} rps, p50 {p50} ms, p99 {p99} ms, statuses {{{statuses}}} {note}")
+    return row
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION, help="seconds per scenario (env BENCH_DURATION; 8)"
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}")
+    parser.add_argument("--repository", type=Path, default=model.CACHE / "models", help="model repository to use")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON results go")
+    args = parser.parse_args(argv)
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if unknown := [s for s in args.servers if s not in SERVERS]:
+        parser.error(f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
+    if args.duration <= 0:
+        parser.error("--duration must be positive")
+    return args
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C and SIGTERM unwind through every `finally`, which stops the servers and hey. A shell that starts
+    # us in the background ignores SIGINT; restore it so Ctrl-C (or `kill -INT`) still works.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if not hey_available():
+        print("hey (the load generator) is not installed: apt-get install -y hey", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every server started has been stopped", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    log = Clock()
+    repository = args.repository.resolve()
+    model_dir = model.ensure_model(repository)
+    plan = {s: [sc for sc in SCENARIOS if s in sc.servers] for s in args.servers}
+    n_scenarios = sum(len(v) for v in plan.values())
+    expected_s = n_scenarios * args.duration + IN_PROCESS_SECONDS + OVERHEAD_PER_SERVER * len(plan)
+    worst_s = expected_s + len(plan) * STARTUP_TIMEOUT + n_scenarios * 60
+    log(
+        f"model {model_dir}; {len(plan)} servers, {n_scenarios} scenarios of {args.duration:g} s: "
+        f"expect about {expected_s:.0f} s (at most {worst_s:.0f} s)"
+    )
+    ctx = {
+        "model_dir": model_dir,
+        "repository": repository,
+        "duration": args.duration,
+        "logs": model.CACHE / "logs",
+        "classes": load_classes(model_dir),
+        "expected": {n: expected_probabilities(model_dir, n) for n in {1, 1000}},
+    }
+
+    log(f"onnxruntime: {IN_PROCESS_1000}, one thread, {IN_PROCESS_SECONDS:g} s …")
+    ort_rows = model.in_process_rows_per_second(model_dir, 1000, IN_PROCESS_SECONDS)
+    log(f"onnxruntime: {ort_rows:,.0f} rows/s")
+    rows = [Row(report.INPROCESS, IN_PROCESS_1000, rows_per_s=ort_rows)]
+    servers = {}
+    for name, scenarios in plan.items():
+        server_rows, servers[name] = bench_server(name, scenarios, ctx, log)
+        rows.extend(server_rows)
+    rows.append(rows.pop(0))  # the in-process ceiling last, under the servers
+
+    bars = report.bars(rows)
+    print()
+    print(report.table(rows))
+    print(report.LEGEND)
+    for bar in bars:
+        print(f"{bar.verdict:<4}  {bar.name}: {bar.detail}")
+    write_results(args, model_dir, rows, servers, bars, log)
+    return 0
+
+
+def write_results(args, model_dir, rows, servers, bars, log: Clock) -> None:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "duration_per_scenario_s": args.duration,
+        "wall_s": round(time.monotonic() - log.start, 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": str(model_dir),
+        "baseline": report.BASELINE,
+        "servers": servers,
+        "rows": [asdict(r) | {"ratios": report.ratios(r, rows)} for r in rows],
+        "bars": [asdict(b) for b in bars],
+    }
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {args.output}  (total {results['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
