@@ -8,9 +8,11 @@ DEFAULT_MODEL ?= iris
 DATASET ?= iris
 NAME ?= $(DATASET)
 ARGS ?=
+PORT ?= 8000
+SERVE_ARGS ?=
 BENCH_DURATION ?= 8
 
-.PHONY: setup run test lint format train verify quality bench clean
+.PHONY: setup run serve test lint format train verify quality bench clean
 
 setup: $(STAMP)
 
@@ -22,10 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,serve,dev]"
 	touch $(STAMP)
 
-## The main job: a default model, verified (the server lands with the serving issue).
+## The main job: serve the repository (training the default model first if the repository has none).
 run: setup
-	@test -d $(REPOSITORY)/$(DEFAULT_MODEL)/1 || $(PY) -m training train --dataset $(DEFAULT_MODEL) --name $(DEFAULT_MODEL) --repository $(REPOSITORY)
-	$(PY) -m training verify $(REPOSITORY)/$(DEFAULT_MODEL)/1
+	@test -n "$$(ls -d $(REPOSITORY)/*/[0-9]* 2>/dev/null)" || $(PY) -m training train --dataset $(DEFAULT_MODEL) --name $(DEFAULT_MODEL) --repository $(REPOSITORY)
+	$(PY) -m service --repository $(REPOSITORY) --port $(PORT) $(SERVE_ARGS)
+
+serve: run
 
 test: setup lint
 	$(PY) -m pytest $(ARGS)

@@ -1,0 +1,82 @@
+"""One error family for the server: each carries its HTTP status and a bounded `reason` for metrics.
+
+Every client mistake becomes one of these, is answered as `{"error": ..., "reason": ..., "field"?, "expected"?,
+"got"?}` with a 4xx status, and never reaches the model. (The Open Inference Protocol only requires `error`.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 500
+    reason = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+        expected: Any = None,
+        got: Any = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.field, self.expected, self.got = field, expected, got
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "reason": self.reason}
+        for key in ("field", "expected", "got"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        return body
+
+
+class BadRequest(ServiceError):
+    """The body cannot be read at all (malformed JSON) or breaks the Open Inference Protocol's rules."""
+
+    status = 400
+    reason = "bad_request"
+
+
+class InvalidInput(ServiceError):
+    """Readable, but the fields or values are wrong for this model."""
+
+    status = 422
+    reason = "invalid_input"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    reason = "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    reason = "wrong_content_type"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    reason = "unauthorized"
+
+
+class ModelNotFound(ServiceError):
+    status = 404
+    reason = "model_not_found"
+
+
+class ModelNotReady(ServiceError):
+    status = 503
+    reason = "model_not_ready"
+
+
+def describe(value: Any) -> str:
+    """A short, safe rendering of a client value for an error message (never the whole payload)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

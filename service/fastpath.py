@@ -1,0 +1,178 @@
+"""The hot path: prediction requests go from raw ASGI to LitServe's request queue, without FastAPI in between.
+
+FastAPI routing, dependency solving and pydantic on every row cost more than the model itself (shared/
+REFERENCE.md), so this middleware answers the prediction routes directly: it reads the body (bounded),
+validates it against the model's manifest, and only a valid request becomes a `Job` on LitServe's queue.
+Its answer comes back through LitServe's response buffer. Every other route falls through to FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from litserve.utils import ResponseBufferItem
+
+from service import oip
+from service.batching import Job
+from service.errors import ModelNotFound, PayloadTooLarge, ServiceError, Unauthorized, UnsupportedMediaType
+from service.instances import decode_instances
+from service.registry import Registry
+from service.settings import Settings
+
+PREDICT = re.compile(r"^/(?:predict|v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/predict)$")
+INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/health"})
+"""Routes answered without an API key: health probes must work for orchestrators that hold no secret."""
+
+ANSWER_TIMEOUT = 60.0
+
+
+@dataclass
+class Gateway:
+    """What the fast path shares with the rest of the API process: settings, models, and the LitServer."""
+
+    settings: Settings
+    registry: Registry
+    server: Any = None  # the LitServer; its queues exist only after run(), so they are looked up per request
+    api_path: str = "/predict"
+    api_keys: frozenset[bytes] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.settings.api_key is not None:
+            self.api_keys = frozenset({self.settings.api_key.get_secret_value().encode()})
+
+    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if not self.api_keys:
+            return True
+        bearer = headers.get(b"authorization", b"")
+        token = bearer[7:] if bearer[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        return token in self.api_keys
+
+    async def submit(self, job: Job) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        server = self.server
+        uid = uuid.uuid4().hex
+        event = asyncio.Event()
+        server.response_buffer[uid] = ResponseBufferItem(event=event)  # registered before the put, or it is dropped
+        server._get_request_queue(self.api_path).put((server.app.response_queue_id, uid, time.monotonic(), job))
+        try:
+            await asyncio.wait_for(event.wait(), ANSWER_TIMEOUT)
+        except TimeoutError:
+            server.response_buffer.pop(uid, None)
+            raise ServiceError("no answer from the inference worker in time", reason="timeout") from None
+        answer, _status = server.response_buffer.pop(uid).response
+        return answer
+
+
+def parse_version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise ModelNotFound(f"version {text!r} is not a version number", field="version", got=text)
+    return int(text)
+
+
+class FastPath:
+    """Pure ASGI middleware; see the module docstring."""
+
+    def __init__(self, app, gateway: Gateway):
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id") or uuid.uuid4().hex.encode()
+        path = scope["path"]
+        if scope["method"] == "POST" and ((match := PREDICT.match(path)) or (match := INFER.match(path))):
+            kind = "predict" if match.re is PREDICT else "infer"
+            try:
+                status, body, extra = await self.handle(kind, match, headers, request_id.decode(), receive)
+            except ServiceError as e:
+                status, body, extra = e.status, orjson.dumps(e.body()), [(b"content-type", b"application/json")]
+            return await _respond(send, status, body, [*extra, (b"x-request-id", request_id)])
+        if path not in PUBLIC and not self.gateway.authorized(headers):
+            error = Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+            return await _respond(
+                send,
+                401,
+                orjson.dumps(error.body()),
+                [(b"content-type", b"application/json"), (b"x-request-id", request_id)],
+            )
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_id)
+
+    async def handle(self, kind: str, match: re.Match, headers: dict, request_id: str, receive):
+        gateway = self.gateway
+        if not gateway.authorized(headers):
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        header_length = headers.get(oip.HEADER_LENGTH.encode())
+        _check_content_type(headers, binary_allowed=header_length is not None)
+        body = await _read_body(receive, headers, gateway.settings.max_body_bytes)
+        model = gateway.registry.get(match.group("name"), parse_version(match.group("version")))
+        if kind == "predict":
+            features, infer = decode_instances(body, model.spec), None
+        else:
+            infer = oip.decode_infer(body, header_length.decode() if header_length else None, model.spec)
+            features = infer.features
+            if infer.id is None:
+                infer = oip.InferRequest(features=features, id=request_id, outputs=infer.outputs)
+        job = Job(kind, model.name, model.version, features, request_id, infer)
+        return await gateway.submit(job)
+
+
+def _check_content_type(headers: dict, binary_allowed: bool) -> None:
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    allowed = {b"", b"application/json"} | ({b"application/octet-stream"} if binary_allowed else set())
+    if content_type not in allowed:
+        raise UnsupportedMediaType(
+            f"content type {content_type.decode(errors='replace')!r} is not accepted; send application/json",
+            field="content-type",
+            expected="application/json",
+            got=content_type.decode(errors="replace"),
+        )
+
+
+async def _read_body(receive, headers: dict, limit: int) -> bytes:
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {int(declared)} bytes exceeds the limit of {limit} bytes",
+            reason="body_too_large",
+            expected=limit,
+            got=int(declared),
+        )
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ServiceError("client disconnected", reason="disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", reason="body_too_large", expected=limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

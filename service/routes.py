@@ -1,0 +1,215 @@
+"""Everything except the hot prediction path: model listing and metadata, health, and the OpenAPI entries.
+
+These are FastAPI routes on LitServe's app; errors from any of them go through one handler that answers
+`{"error": ...}` with the error's status.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from litserve.utils import WorkerSetupStatus
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import schemas
+from service.errors import ServiceError
+from service.fastpath import Gateway, parse_version
+from service.registry import ModelVersion
+
+SERVER_NAME = "tabserve"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+def _states(gateway: Gateway, name: str) -> list[schemas.VersionState]:
+    return [
+        schemas.VersionState(version=v.version, state=v.state, reason=v.reason)
+        for v in sorted(gateway.registry.models.get(name, {}).values(), key=lambda v: v.version)
+    ]
+
+
+def _details(gateway: Gateway, model: ModelVersion) -> schemas.ModelDetails:
+    m = model.manifest
+    return schemas.ModelDetails(
+        name=model.name,
+        version=model.version,
+        versions=_states(gateway, model.name),
+        features=m.features,
+        classes=m.classes,
+        metrics=m.metrics,
+        provider=model.provider,
+        created_at=m.created_at.isoformat(),
+        dataset=m.dataset.model_dump(),
+    )
+
+
+def _oip_metadata(gateway: Gateway, model: ModelVersion) -> schemas.OipModelMetadata:
+    ready = [str(v.version) for v in gateway.registry.models[model.name].values() if v.state == "READY"]
+    return schemas.OipModelMetadata(
+        name=model.name,
+        versions=ready,
+        platform="onnxruntime_onnx",
+        inputs=[schemas.TensorMetadata(name="features", datatype="FP32", shape=[-1, model.manifest.n_features])],
+        outputs=[
+            schemas.TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, model.manifest.n_classes]),
+            schemas.TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+        ],
+        parameters={"version": str(model.version), "provider": model.provider, "labels": model.manifest.classes},
+    )
+
+
+def workers_ready(gateway: Gateway) -> bool:
+    """Ready once every inference worker has loaded (or rejected) every version; LitServe records that."""
+    status = gateway.server.workers_setup_status if gateway.server else {}
+    return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+
+
+def register(app: FastAPI, gateway: Gateway) -> None:
+    registry = gateway.registry
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail), "reason": "http"}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse({"error": f"{where}: {first['msg']}", "reason": "invalid_input", "field": where}, 422)
+
+    errors = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+
+    # --- simple JSON API ---------------------------------------------------------------------------
+
+    @app.get("/v1/models", response_model=schemas.ModelsResponse, tags=["models"])
+    def list_models():
+        """Every model and version in the repository, with the reason a version could not be loaded."""
+        return schemas.ModelsResponse(
+            models=[
+                schemas.ModelListing(name=name, default=name == registry.default_model, versions=_states(gateway, name))
+                for name in sorted(registry.models)
+            ]
+        )
+
+    @app.get("/v1/models/{name}", response_model=schemas.ModelDetails, responses=errors, tags=["models"])
+    def model_details(name: str):
+        """The newest ready version: features (in order), classes, test metrics, execution provider."""
+        return _details(gateway, registry.get(name))
+
+    @app.get(
+        "/v1/models/{name}/versions/{version}", response_model=schemas.ModelDetails, responses=errors, tags=["models"]
+    )
+    def version_details(name: str, version: str):
+        return _details(gateway, registry.get(name, parse_version(version)))
+
+    def served_by_fast_path():  # pragma: no cover - the middleware answers these paths before routing
+        raise ServiceError("this route is served by the fast path")
+
+    for path, summary in (
+        ("/predict", "Predict with the default model"),
+        ("/v1/models/{name}/predict", "Predict with the newest ready version"),
+        ("/v1/models/{name}/versions/{version}/predict", "Predict with one version"),
+    ):
+        app.add_api_route(
+            path,
+            served_by_fast_path,
+            methods=["POST"],
+            summary=summary,
+            tags=["predict"],
+            response_model=schemas.PredictResponse,
+            responses=errors,
+            openapi_extra=_body(schemas.PredictRequest),
+        )
+
+    # --- Open Inference Protocol ------------------------------------------------------------------
+
+    @app.get("/v2", response_model=schemas.OipServerMetadata, tags=["open inference protocol"])
+    def server_metadata():
+        return schemas.OipServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+
+    @app.get("/v2/health/live", tags=["open inference protocol"])
+    def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["open inference protocol"], responses={503: {"model": schemas.ErrorResponse}})
+    def ready():
+        if workers_ready(gateway):
+            return {"ready": True}
+        return JSONResponse({"error": "models are still loading", "ready": False}, status_code=503)
+
+    @app.get(
+        "/v2/models/{name}", response_model=schemas.OipModelMetadata, responses=errors, tags=["open inference protocol"]
+    )
+    def oip_model(name: str):
+        return _oip_metadata(gateway, registry.get(name))
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}",
+        response_model=schemas.OipModelMetadata,
+        responses=errors,
+        tags=["open inference protocol"],
+    )
+    def oip_model_version(name: str, version: str):
+        return _oip_metadata(gateway, registry.get(name, parse_version(version)))
+
+    @app.get("/v2/models/{name}/ready", responses=errors, tags=["open inference protocol"])
+    def oip_model_ready(name: str):
+        registry.get(name)
+        return _ready_or_503(gateway)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", responses=errors, tags=["open inference protocol"])
+    def oip_version_ready(name: str, version: str):
+        registry.get(name, parse_version(version))
+        return _ready_or_503(gateway)
+
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        app.add_api_route(
+            path,
+            served_by_fast_path,
+            methods=["POST"],
+            tags=["open inference protocol"],
+            summary="Infer (JSON or binary tensor data)",
+            response_model=schemas.OipInferResponse,
+            responses=errors,
+            openapi_extra=_body(schemas.OipInferRequest),
+        )
+    _document_bodies(app, (schemas.PredictRequest, schemas.OipInferRequest))
+
+
+def _ready_or_503(gateway: Gateway) -> Response:
+    if workers_ready(gateway):
+        return JSONResponse({"ready": True})
+    return JSONResponse({"error": "the inference worker is still loading", "ready": False}, status_code=503)
+
+
+def _document_bodies(app: FastAPI, models: tuple[type, ...]) -> None:
+    """Add request-body schemas that no handler parameter declares (the fast path parses them) to OpenAPI."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = build()
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+        return document
+
+    app.openapi = openapi
+
+
+def _body(model: type) -> dict:
+    """An OpenAPI request body for a route whose handler does not parse it (the fast path does)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }

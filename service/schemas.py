@@ -1,0 +1,113 @@
+"""Request and response bodies as pydantic models: the OpenAPI document at /openapi.json is built from these.
+
+The prediction routes are decoded by hand on the fast path (service/fastpath.py) for speed; these models
+describe exactly what that code accepts and returns, and tests check real responses against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class PredictRequest(BaseModel):
+    instances: list[list[float]] | list[dict[str, float]] = Field(
+        description="Rows as lists in the model's feature order, or as objects keyed by feature name.",
+        examples=[[[5.1, 3.5, 1.4, 0.2]]],
+    )
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong: the field, what was expected, what came.")
+    reason: str | None = Field(None, description="A short stable code, also the metrics label.")
+    field: str | None = None
+    expected: Any = None
+    got: Any = None
+
+
+class VersionState(BaseModel):
+    version: int
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str | None = None
+
+
+class ModelListing(BaseModel):
+    name: str
+    default: bool
+    versions: list[VersionState]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelListing]
+
+
+class ModelDetails(BaseModel):
+    name: str
+    version: int
+    versions: list[VersionState]
+    features: list[str]
+    classes: list[str]
+    metrics: dict[str, float]
+    provider: str
+    created_at: str
+    dataset: dict[str, Any]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class OipModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = {}
+
+
+class OipServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class OipTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class OipRequestedOutput(BaseModel):
+    name: Literal["probabilities", "label"]
+    parameters: dict[str, Any] | None = None
+
+
+class OipInferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[OipTensor] = Field(description="One FP32 tensor 'features' of shape [N, n_features].")
+    outputs: list[OipRequestedOutput] | None = None
+
+
+class OipInferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OipTensor]

@@ -1,0 +1,85 @@
+"""Assemble and run the server: LitServer + the inference worker + the fast path + the other routes.
+
+Process model (LitServe's): this main process, a queue manager, `workers` spawned inference workers holding
+the ONNX Runtime sessions, and one forked HTTP process. Shutdown on SIGINT or SIGTERM goes through LitServe's
+graceful path, so in-flight requests finish and no child outlives the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import litserve as ls
+from fastapi.routing import APIRoute
+from starlette.middleware.gzip import GZipMiddleware
+
+from service import routes
+from service.fastpath import FastPath, Gateway
+from service.registry import Registry
+from service.settings import Settings
+from service.transport import PipeLitServer
+from service.worker import InferenceAPI
+
+log = logging.getLogger("tabserve")
+GRACEFUL_SECONDS = 10
+
+
+def build(settings: Settings) -> ls.LitServer:
+    registry = Registry.load(
+        settings.repository, settings.device, settings.max_rows_per_request, settings.default_model, sessions=False
+    )
+    gateway = Gateway(settings, registry)
+    api = InferenceAPI(settings)
+    server = PipeLitServer(
+        api,
+        accelerator="cpu",  # devices are ONNX Runtime's business (settings.device), not LitServe's torch probe
+        workers_per_device=settings.workers,
+        middlewares=[(FastPath, {"gateway": gateway})],
+    )
+    # LitServe compresses every response over 1 kB; prediction bodies are small or binary, and gzip costs more
+    # CPU than it saves on loopback and in-cluster networks.
+    server.app.user_middleware = [m for m in server.app.user_middleware if m.cls is not GZipMiddleware]
+    # LitServe's own POST route for the LitAPI: the fast path answers that path, the documented route replaces it.
+    server.app.router.routes = [
+        r for r in server.app.router.routes if not (isinstance(r, APIRoute) and r.path == api.api_path)
+    ]
+    server.uvicorn_graceful_timeout = GRACEFUL_SECONDS
+    gateway.server = server
+    routes.register(server.app, gateway)
+    return server
+
+
+def _stop_on_sigterm() -> None:
+    """LitServe handles SIGINT gracefully but dies on SIGTERM and orphans its children: route one to the other.
+
+    Only in this process: forked children inherit Python handlers and must keep the default behaviour.
+    """
+    main_pid = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # A server started in the background by a non-interactive shell inherits SIGINT as ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def serve(settings: Settings) -> None:
+    settings.configure_logging()
+    server = build(settings)
+    _stop_on_sigterm()
+    log.info("serving %s on http://%s:%s", settings.repository, settings.host, settings.port)
+    server.run(
+        host=settings.host,
+        port=settings.port,
+        num_api_servers=1,
+        generate_client_file=False,
+        log_level="warning" if settings.log_level in ("debug", "info") else settings.log_level,
+        access_log=False,
+    )

@@ -1,0 +1,69 @@
+"""Server settings: environment variables `TABSERVE_*`, each mirrored by a `python -m service` flag."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="forbid", use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; the container sets 0.0.0.0."""
+
+    port: int = Field(8000, ge=1, le=65535)
+
+    repository: Path = Path("models")
+    """The model repository: `<repository>/<name>/<version>/` as published by `python -m training train`."""
+
+    default_model: str | None = None
+    """Model answered by `POST /predict`; default: the only model, else `iris` if present, else the first by name."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` uses CUDAExecutionProvider when onnxruntime-gpu sees a GPU, else the CPU."""
+
+    max_batch_rows: int = Field(1024, ge=1)
+    """Most rows combined into one ONNX Runtime call; larger requests are still served, in one call each."""
+
+    max_batch_delay_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    """How long a batch may wait for more requests once one is waiting. 0: take what is queued, never wait."""
+
+    workers: int = Field(1, ge=1, le=64)
+    """Inference worker processes per model (each holds its own ONNX Runtime sessions)."""
+
+    max_rows_per_request: int = Field(100_000, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    api_key: SecretStr | None = None
+    """When set, every route except liveness requires `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if value != "localhost":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"expected an IP address or 'localhost', got {value!r}") from None
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a directory")
+        return value.resolve()
+
+    def configure_logging(self) -> None:
+        """Called in every process (workers are spawned and do not inherit the parent's logging setup)."""
+        logging.basicConfig(
+            level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+        )

@@ -1,0 +1,96 @@
+"""The LitServe inference worker: ONNX Runtime sessions for every model version, batched calls, encoded answers.
+
+Requests reach it already validated (the API process does that, so a bad request never joins a batch). The
+worker runs the model and encodes each response body, which spreads the JSON work over both processes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import litserve as ls
+import numpy as np
+import orjson
+
+from service import oip
+from service.batching import Job, NoWaitBatchedLoop, plan_calls, run_calls
+from service.errors import ModelNotReady
+from service.registry import Registry
+from service.settings import Settings
+
+log = logging.getLogger("tabserve.worker")
+
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+"""(HTTP status, body, extra headers): what the worker sends back for each request."""
+
+JSON = b"application/json"
+
+
+def encode_predictions(model: str, version: int, classes: list[str], probabilities: np.ndarray) -> bytes:
+    """The simple API's answer: per row, the top label and every label's probability."""
+    best = probabilities.argmax(axis=1).tolist()
+    rows = probabilities.tolist()
+    predictions = [
+        {"label": classes[i], "probabilities": dict(zip(classes, row, strict=True))}
+        for i, row in zip(best, rows, strict=True)
+    ]
+    return orjson.dumps({"model": model, "version": version, "predictions": predictions})
+
+
+def error_answer(status: int, message: str, reason: str) -> Answer:
+    return status, orjson.dumps({"error": message, "reason": reason}), [(b"content-type", JSON)]
+
+
+class InferenceAPI(ls.LitAPI):
+    """One LitAPI serves every model: rows of different models queue together and are split per version."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(
+            max_batch_size=settings.max_batch_rows,
+            batch_timeout=settings.max_batch_delay_ms / 1000,
+            api_path="/predict",
+            loop=NoWaitBatchedLoop(settings.max_batch_rows, settings.max_batch_delay_ms / 1000),
+        )
+        self.settings = settings
+        self.registry: Registry | None = None
+
+    def setup(self, device) -> None:
+        s = self.settings
+        s.configure_logging()
+        self.registry = Registry.load(s.repository, s.device, s.max_rows_per_request, s.default_model, sessions=True)
+
+    def decode_request(self, request):  # LitServe requires the hook; requests arrive as decoded `Job`s
+        return request
+
+    def predict(self, model: str, version: int, features: np.ndarray) -> np.ndarray:
+        return self.registry.get(model, version).predict(features)
+
+    def answer(self, jobs: list[Job], queue_seconds: list[float]) -> list[Answer]:
+        calls = plan_calls(jobs, self.settings.max_batch_rows)
+        if log.isEnabledFor(logging.DEBUG):
+            for call in calls:
+                requests = len({index for index, _, _ in call.parts})
+                log.debug("onnxruntime call %s/%s rows=%d requests=%d", call.model, call.version, call.rows, requests)
+        results = run_calls(jobs, calls, self.predict)
+        return [self._encode(job, result) for job, result in zip(jobs, results, strict=True)]
+
+    def _encode(self, job: Job, result: np.ndarray | Exception) -> Answer:
+        if isinstance(result, ModelNotReady):
+            return error_answer(503, result.message, result.reason)
+        if isinstance(result, Exception):
+            return error_answer(500, f"inference failed: {type(result).__name__}", "inference_error")
+        classes = self.registry.get(job.model, job.version).manifest.classes
+        if job.kind == "predict":
+            return 200, encode_predictions(job.model, job.version, classes, result), [(b"content-type", JSON)]
+        labels = [classes[i] for i in result.argmax(axis=1).tolist()]
+        body, header_length = oip.encode_infer(job.model, job.version, job.infer, result, labels)
+        if header_length is None:
+            return 200, body, [(b"content-type", JSON)]
+        return (
+            200,
+            body,
+            [
+                (b"content-type", b"application/octet-stream"),
+                (b"inference-header-content-length", str(header_length).encode()),
+            ],
+        )

@@ -1,0 +1,23 @@
+import pytest
+
+from tests.serving import Server, republish
+
+
+@pytest.fixture(scope="session")
+def repo(trained, tmp_path_factory):
+    """iris v1, v2 (copies of the trained bundle), a corrupted v3; and `flowers` v1, a second model."""
+    folder, _, _ = trained
+    root = tmp_path_factory.mktemp("served") / "models"
+    for _ in range(3):
+        republish(folder, root, "iris")
+    (root / "iris" / "3" / "model.onnx").write_bytes(b"corrupted")
+    republish(folder, root, "flowers")
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(repo):
+    """The server most tests share: small max batch (so big requests are split), debug log (to count calls)."""
+    process = Server(repo, "--max-batch-rows", "64", "--default-model", "iris", log_level="debug")
+    yield process
+    process.stop()

@@ -1,0 +1,102 @@
+"""Start a real `python -m service` on 127.0.0.1 for tests, and stop it leaving nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import onnx
+
+from bundle import repository
+from bundle.atomic import sha256_file
+from bundle.integrity import onnx_metadata
+from bundle.manifest import Manifest
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def republish(source: Path, repo: Path, name: str) -> Path:
+    """Publish a copy of an existing bundle as the next version of `name`: metadata and hashes rewritten."""
+    template = json.loads(Manifest.read(source).model_dump_json())
+
+    def build(staging: Path, version: int) -> Manifest:
+        for path in source.iterdir():
+            if path.name != "manifest.json":
+                shutil.copy(path, staging / path.name)
+        model = onnx.load(staging / repository.MODEL_FILE)
+        onnx.helper.set_model_props(model, onnx_metadata(name, version, template["features"], template["classes"]))
+        onnx.save(model, staging / repository.MODEL_FILE)
+        files = {p.name: sha256_file(p) for p in staging.iterdir()}
+        manifest = Manifest.model_validate({**template, "name": name, "version": version, "files": files})
+        manifest.write(staging)
+        return manifest
+
+    return repository.publish(repo, name, build)
+
+
+class Server:
+    def __init__(self, repo: Path, *flags: str, log_level: str = "info"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tabserve-test-{self.port}.log"
+        command = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port),
+                   "--log-level", log_level, *flags]  # fmt: skip
+        with open(self.log, "w") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def descendants(self) -> list[int]:
+        """Every process in the server's session (it was started in a new one): main and all children."""
+        result = subprocess.run(["ps", "-o", "pid=", "-s", str(self.process.pid)], capture_output=True, text=True)
+        return [int(p) for p in result.stdout.split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> float:
+        """Send `sig` to the main process only, as an orchestrator does; return how long shutdown took."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        deadline = time.monotonic() + 5
+        while self.descendants() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        leftovers = self.descendants()
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            raise AssertionError(f"processes left behind after {signal.Signals(sig).name}: {leftovers}")
+        return elapsed
