@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from queue import Empty
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from litserve.loops import BatchedLoop
@@ -24,9 +24,11 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 log = logging.getLogger("tabserve.batching")
 
 
-@dataclass(frozen=True)
-class Job:
-    """One validated request as it travels to the worker: rows for one model version, and how to answer."""
+class Job(NamedTuple):
+    """One validated request as it travels to the worker: rows for one model version, and how to answer.
+
+    A NamedTuple because every job is pickled through a pipe: tuples pickle faster than dataclasses.
+    """
 
     kind: str  # "predict" (simple JSON) or "infer" (Open Inference Protocol)
     model: str

@@ -36,7 +36,6 @@ def build(settings: Settings) -> ls.LitServer:
         api,
         accelerator="cpu",  # devices are ONNX Runtime's business (settings.device), not LitServe's torch probe
         workers_per_device=settings.workers,
-        middlewares=[(FastPath, {"gateway": gateway})],
     )
     # LitServe compresses every response over 1 kB; prediction bodies are small or binary, and gzip costs more
     # CPU than it saves on loopback and in-cluster networks.
@@ -45,6 +44,10 @@ def build(settings: Settings) -> ls.LitServer:
     server.app.router.routes = [
         r for r in server.app.router.routes if not (isinstance(r, APIRoute) and r.path == api.api_path)
     ]
+    # The fast path is the outermost ASGI layer: prediction requests skip Starlette's error and exception
+    # middleware (it catches its own errors); every other request passes through to the full stack.
+    build_stack = server.app.build_middleware_stack
+    server.app.build_middleware_stack = lambda: FastPath(build_stack(), gateway)
     server.uvicorn_graceful_timeout = GRACEFUL_SECONDS
     gateway.server = server
     routes.register(server.app, gateway)

@@ -6,6 +6,7 @@ worker runs the model and encodes each response body, which spreads the JSON wor
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import litserve as ls
@@ -58,6 +59,7 @@ class InferenceAPI(ls.LitAPI):
         s = self.settings
         s.configure_logging()
         self.registry = Registry.load(s.repository, s.device, s.max_rows_per_request, s.default_model, sessions=True)
+        gc.freeze()  # long-lived from here on: keep full collections (and their pauses) small
 
     def decode_request(self, request):  # LitServe requires the hook; requests arrive as decoded `Job`s
         return request

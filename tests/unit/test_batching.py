@@ -1,10 +1,8 @@
-import multiprocessing as mp
-import time
-
 import numpy as np
 import pytest
 
 from service.batching import Job, NoWaitBatchedLoop, plan_calls, run_calls
+from service.transport import Channel
 
 
 def job(model, rows, version=1, start=0.0):
@@ -43,15 +41,12 @@ def test_results_are_reassembled_per_job_and_a_failing_call_fails_only_its_jobs(
 
 @pytest.fixture
 def queue():
-    q = mp.get_context("spawn").Queue()
-    yield q
-    q.close()
+    return Channel()  # the queue the server really uses between its HTTP process and workers
 
 
 def test_loop_takes_what_is_queued_without_waiting_and_stops_at_the_row_budget(queue):
     for i in range(5):
         queue.put((0, f"uid{i}", 0.0, job("a", 3)))
-    time.sleep(0.5)  # mp.Queue writes through a feeder thread: let every item reach the pipe
     loop = NoWaitBatchedLoop(max_batch_rows=7, max_batch_delay=0.0)
     first = list(loop.take(queue))
     assert [uid for _, uid, _, _ in first] == ["uid0", "uid1", "uid2"]  # 9 rows >= 7: stop
