@@ -3,7 +3,7 @@
 FastAPI routing, dependency solving and pydantic on every row cost more than the model itself (shared/
 REFERENCE.md), so this middleware answers the prediction routes directly: it reads the body (bounded),
 validates it against the model's manifest, and only a valid request becomes a `Job` on LitServe's queue.
-Its answer comes back through LitServe's response buffer. Every other route falls through to FastAPI.
+Its answer comes back over the response pipe (service/transport.py). Every other route falls through to FastAPI.
 """
 
 from __future__ import annotations
@@ -68,12 +68,15 @@ class Gateway:
             self.responses = Responses(server._transport.channels[server.app.response_queue_id])
         uid = next(self.uids)
         future = self.responses.expect(uid)  # registered before the put, so the answer cannot arrive first
-        server._get_request_queue(self.api_path).put((server.app.response_queue_id, uid, time.monotonic(), job))
         try:
+            await server._get_request_queue(self.api_path).aput(
+                (server.app.response_queue_id, uid, time.monotonic(), job)
+            )
             return await asyncio.wait_for(future, ANSWER_TIMEOUT)
         except TimeoutError:
-            self.responses.forget(uid)
             raise ServiceError("no answer from the inference worker in time", reason="timeout") from None
+        finally:
+            self.responses.forget(uid)
 
 
 def parse_version(text: str | None) -> int | None:

@@ -5,10 +5,10 @@ per request plus a thread-pool hop per response, which cost more than the model 
 `multiprocessing.Queue` is not much better here: its feeder thread (and any reader thread) must win the GIL
 from a busy event loop, which can take a whole switch interval (5 ms) per handoff.
 
-So each direction is a bare pipe (`Channel`): writers pickle and write in their own thread, under a lock
-shared by all writers; workers block in `recv` (no CPU while idle); and the HTTP process reads responses in
-its event loop (`loop.add_reader`), with no thread at all. The Manager still holds LitServe's worker status
-and shutdown event, which are not on the per-request path.
+So each direction is a bare pipe (`Channel`): writers pickle and write under a lock shared by all writers;
+workers block in `recv` (no CPU while idle); and the HTTP process reads responses in its event loop
+(`loop.add_reader`, non-blocking reads), with no thread at all, and never blocks that loop on a write.
+The Manager still holds LitServe's worker status and shutdown event, which are not on the per-request path.
 
 Depends on LitServe 0.2.19's private `_init_manager`, `litapi_request_queues` and `_transport` (pinned).
 """
@@ -18,21 +18,28 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import multiprocessing as mp
+import os
 import pickle
 import queue
+import struct
+import termios
 from contextlib import suppress
 from typing import Any
 
 import litserve as ls
 from litserve.transport.base import MessageTransport
 
-F_SETPIPE_SZ = 1031
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 PIPE_BYTES = 1 << 20
 """Large pipes let a 1000-row request be written without waiting for the reader (Linux allows 1 MiB)."""
 
 
 class Channel:
-    """A one-way pipe of pickled messages for many writers and many readers (locks make each message whole)."""
+    """A one-way pipe of pickled messages for many writers and many readers (locks make each message whole).
+
+    Messages use `multiprocessing.Connection`'s framing (a 4-byte big-endian length, or -1 and 8 bytes for
+    messages over 2 GiB), so `Responses` can read the same stream incrementally from a non-blocking fd.
+    """
 
     def __init__(self, context=None):
         context = context or mp.get_context("spawn")
@@ -42,9 +49,34 @@ class Channel:
             fcntl.fcntl(self._writer.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
 
     def put(self, item: Any) -> None:
+        self._send(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+
+    async def aput(self, item: Any) -> None:
+        """`put` from an event loop, which must never block: it is also what reads the workers' answers.
+
+        Blocking here could deadlock: a worker blocked writing answers to a full response pipe stops reading
+        requests, so a loop blocked writing a request to a full request pipe would never read those answers.
+        A message that fits in the pipe's free space is written at once; a larger one is written by a thread.
+        """
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._fits(len(data)) and self._write_lock.acquire(block=False):
+            try:
+                self._writer.send_bytes(data)
+            finally:
+                self._write_lock.release()
+        else:
+            await asyncio.to_thread(self._send, data)
+
+    def _send(self, data: bytes) -> None:
         with self._write_lock:
             self._writer.send_bytes(data)
+
+    def _fits(self, size: int) -> bool:
+        """Whether `size` more bytes (plus framing) fit in the pipe now. Valid while this process is the
+        only writer, as the single HTTP process is for the request pipe: readers only make more room."""
+        fd = self._writer.fileno()
+        queued = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return queued + size + 12 <= fcntl.fcntl(fd, F_GETPIPE_SZ)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Like `queue.Queue.get`: blocks in the kernel while empty, raises `queue.Empty` on timeout."""
@@ -64,14 +96,31 @@ class Channel:
     def fileno(self) -> int:
         return self._reader.fileno()
 
-    def ready(self) -> bool:
-        return self._reader.poll(0)
 
-    def read_ready(self) -> list[Any]:
-        """Every message already in the pipe (for a single reader driven by its event loop)."""
-        items = []
-        while self._reader.poll(0):
-            items.append(pickle.loads(self._reader.recv_bytes()))
+class FrameReader:
+    """Reassembles `Channel` messages from whatever a non-blocking read returned: whole, split or several."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self.buffer += data
+        items, start, view = [], 0, memoryview(self.buffer)
+        while len(view) - start >= 4:
+            (size,) = struct.unpack_from("!i", view, start)
+            header = 4
+            if size == -1:  # Connection's framing for messages over 2 GiB
+                if len(view) - start < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", view, start + 4)
+                header = 12
+            end = start + header + size
+            if end > len(view):
+                break
+            items.append(pickle.loads(view[start + header : end]))
+            start = end
+        view.release()
+        del self.buffer[:start]
         return items
 
 
@@ -102,12 +151,18 @@ class PipeTransport(MessageTransport):
 
 
 class Responses:
-    """In one API process: futures of the requests waiting for a worker, resolved as answers arrive."""
+    """In one API process: futures of the requests waiting for a worker, resolved as answers arrive.
+
+    The event loop watches the response pipe and reads it without blocking (`FrameReader` keeps partial
+    messages), so answers need no thread and no wake-up of one.
+    """
 
     def __init__(self, channel: Channel):
-        self.channel = channel
+        self.fd = channel.fileno()
+        self.frames = FrameReader()
         self.waiting: dict[int, asyncio.Future] = {}
-        asyncio.get_running_loop().add_reader(channel.fileno(), self._deliver)
+        os.set_blocking(self.fd, False)  # uvloop does this too; a blocking read would stall every request
+        asyncio.get_running_loop().add_reader(self.fd, self._deliver)
 
     def expect(self, uid: int) -> asyncio.Future:
         future = self.waiting[uid] = asyncio.get_running_loop().create_future()
@@ -116,8 +171,15 @@ class Responses:
     def forget(self, uid: int) -> None:
         self.waiting.pop(uid, None)
 
+    def _read(self) -> bytes:
+        chunks = []
+        with suppress(BlockingIOError):
+            while chunk := os.read(self.fd, PIPE_BYTES):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
     def _deliver(self) -> None:
-        for item in self.channel.read_ready():
+        for item in self.frames.feed(self._read()):
             if item is None:  # LitServe's shutdown sentinel
                 continue
             uid, (data, _status, _kind, _worker) = item

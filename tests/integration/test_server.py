@@ -21,8 +21,8 @@ def reference(repo):
     return lambda x: session.run(None, {"features": np.asarray(x, dtype=np.float32)})[0]
 
 
-def predict(server, body, path="/v1/models/iris/predict", **kwargs):
-    return httpx.post(server.url + path, json=body, timeout=30, **kwargs)
+def predict(server, body, path="/v1/models/iris/predict", timeout=30, **kwargs):
+    return httpx.post(server.url + path, json=body, timeout=timeout, **kwargs)
 
 
 def probabilities(response):
@@ -160,6 +160,20 @@ def test_a_request_larger_than_the_max_batch_is_split_and_answered_whole(server,
     assert response.status_code == 200
     assert np.abs(probabilities(response) - reference(rows)).max() <= 1e-6
     assert [rows for rows, _ in onnx_calls(server)[before:]] == [64] * 7 + [52]
+
+
+def test_concurrent_large_requests_overflowing_the_pipes_are_all_answered(server, reference):
+    """8 × 20,000 rows: requests and answers far larger than the 1 MiB pipes, in flight together (a blocking
+    write in the HTTP process used to deadlock against the worker writing answers)."""
+    rng = np.random.default_rng(1)
+    batches = [
+        (ROWS[rng.integers(0, 3, 20_000)] + rng.normal(0, 0.3, (20_000, 4))).astype(np.float32) for _ in range(8)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda rows: predict(server, {"instances": rows.tolist()}, timeout=120), batches))
+    for rows, response in zip(batches, responses, strict=True):
+        assert response.status_code == 200, response.text[:200]
+        assert np.abs(probabilities(response) - reference(rows)).max() <= 1e-6
 
 
 def test_request_id_is_echoed_or_generated(server):
