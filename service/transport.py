@@ -47,6 +47,7 @@ class Channel:
         self._read_lock, self._write_lock = context.Lock(), context.Lock()
         with suppress(OSError):  # a smaller pipe still works, it only blocks writers sooner
             fcntl.fcntl(self._writer.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+        self._capacity = fcntl.fcntl(self._writer.fileno(), F_GETPIPE_SZ)
 
     def put(self, item: Any) -> None:
         self._send(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
@@ -76,7 +77,7 @@ class Channel:
         only writer, as the single HTTP process is for the request pipe: readers only make more room."""
         fd = self._writer.fileno()
         queued = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-        return queued + size + 12 <= fcntl.fcntl(fd, F_GETPIPE_SZ)
+        return queued + size + 12 <= self._capacity
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Like `queue.Queue.get`: blocks in the kernel while empty, raises `queue.Empty` on timeout."""
