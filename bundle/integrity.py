@@ -22,7 +22,14 @@ METADATA_KEYS = ("name", "version", "features", "labels")
 
 
 class BundleError(Exception):
-    """A version folder that must not be served; the message says which file and what is wrong."""
+    """A version folder that must not be served; the message says which file and what is wrong.
+
+    `reason` is a short fixed code (a metric label: `tabserve_model_load_failures_total{reason}`).
+    """
+
+    def __init__(self, message: str, reason: str = "invalid_bundle"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def onnx_metadata(name: str, version: int, features: list[str], classes: list[str]) -> dict[str, str]:
@@ -33,14 +40,15 @@ def onnx_metadata(name: str, version: int, features: list[str], classes: list[st
 def read_manifest(folder: Path) -> Manifest:
     folder = Path(folder)
     if not (folder / MANIFEST_FILE).is_file():
-        raise BundleError(f"{folder}: {MANIFEST_FILE} is missing")
+        raise BundleError(f"{folder}: {MANIFEST_FILE} is missing", "manifest_missing")
     try:
         manifest = Manifest.read(folder)
     except (ValidationError, ValueError) as e:
-        raise BundleError(f"{folder / MANIFEST_FILE}: invalid: {e}") from None
+        raise BundleError(f"{folder / MANIFEST_FILE}: invalid: {e}", "manifest_invalid") from None
     if folder.name != str(manifest.version) or folder.parent.name != manifest.name:
         raise BundleError(
-            f"{folder}: manifest says {manifest.name}/{manifest.version}, folder is {folder.parent.name}/{folder.name}"
+            f"{folder}: manifest says {manifest.name}/{manifest.version}, folder is {folder.parent.name}/{folder.name}",
+            "manifest_invalid",
         )
     return manifest
 
@@ -48,21 +56,21 @@ def read_manifest(folder: Path) -> Manifest:
 def check_hashes(folder: Path, manifest: Manifest) -> None:
     for required in REQUIRED_FILES:
         if required not in manifest.files:
-            raise BundleError(f"{folder}: manifest lists no {required}")
+            raise BundleError(f"{folder}: manifest lists no {required}", "manifest_invalid")
     for name, expected in manifest.files.items():
         path = Path(folder) / name
         if not path.is_file():
-            raise BundleError(f"{path}: missing")
+            raise BundleError(f"{path}: missing", "file_missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise BundleError(f"{path}: sha256 is {actual[:12]}…, manifest says {expected[:12]}…")
+            raise BundleError(f"{path}: sha256 is {actual[:12]}…, manifest says {expected[:12]}…", "hash_mismatch")
 
 
 def open_session(path: Path, options: ort.SessionOptions | None = None, providers: list[str] | None = None):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types for every kind of bad graph
-        raise BundleError(f"{path}: not a loadable ONNX model: {e}") from None
+        raise BundleError(f"{path}: not a loadable ONNX model: {e}", "onnx_invalid") from None
 
 
 def check_model_graph(folder: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
@@ -73,12 +81,14 @@ def check_model_graph(folder: Path, manifest: Manifest, session: ort.InferenceSe
     got_out = [(o.name, o.type, o.shape[1:]) for o in session.get_outputs()]
     want_out = [("probabilities", "tensor(float)", [manifest.n_classes])]
     if got_in != want_in or got_out != want_out:
-        raise BundleError(f"{path}: graph signature {got_in} -> {got_out}, expected {want_in} -> {want_out}")
+        raise BundleError(
+            f"{path}: graph signature {got_in} -> {got_out}, expected {want_in} -> {want_out}", "graph_mismatch"
+        )
     metadata = session.get_modelmeta().custom_metadata_map
     expected = onnx_metadata(manifest.name, manifest.version, manifest.features, manifest.classes)
     wrong = [key for key in METADATA_KEYS if metadata.get(key) != expected[key]]
     if wrong:
-        raise BundleError(f"{path}: metadata {wrong} disagree with the manifest")
+        raise BundleError(f"{path}: metadata {wrong} disagree with the manifest", "graph_mismatch")
 
 
 def check_label_encoder(folder: Path, manifest: Manifest) -> None:
@@ -88,7 +98,7 @@ def check_label_encoder(folder: Path, manifest: Manifest) -> None:
     indices = np.arange(manifest.n_classes, dtype=np.int64)
     decoded = [str(label) for label in session.run(None, {session.get_inputs()[0].name: indices})[0]]
     if decoded != manifest.classes:
-        raise BundleError(f"{path}: decodes {decoded}, manifest classes are {manifest.classes}")
+        raise BundleError(f"{path}: decodes {decoded}, manifest classes are {manifest.classes}", "graph_mismatch")
 
 
 def check_scaler(folder: Path, manifest: Manifest) -> None:
@@ -101,7 +111,7 @@ def check_scaler(folder: Path, manifest: Manifest) -> None:
     got = session.run(None, {session.get_inputs()[0].name: probe})[0]
     expected = np.array([[0.0], [1.0], [-2.0]], dtype=np.float32) * np.ones((1, manifest.n_features), np.float32)
     if not np.allclose(got, expected, atol=1e-4):
-        raise BundleError(f"{path}: does not standardize with the manifest's mean and scale")
+        raise BundleError(f"{path}: does not standardize with the manifest's mean and scale", "graph_mismatch")
 
 
 def check_bundle(folder: Path) -> Manifest:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -21,6 +24,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_metrics_dir(folder: Path | None) -> Path:
+    """Create (or empty) the folder of per-process metric files and point prometheus-client at it.
+
+    Must run before prometheus_client is first imported, in this process and so in every child. Emptying
+    matters: files left by an earlier server would add their counts to ours.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the metrics folder was prepared")
+    folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="tabserve-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # only prometheus-client's files: the folder may hold other things
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -35,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 2
+    metrics_dir = prepare_metrics_dir(settings.metrics_dir)
     from service.server import serve  # imports LitServe and ONNX Runtime only once the settings are valid
 
-    serve(settings)
+    try:
+        serve(settings)
+    finally:
+        if settings.metrics_dir is None:  # our own temporary folder
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

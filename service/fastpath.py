@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
-from service import oip
+from service import metrics, oip
 from service.batching import Job
 from service.errors import ModelNotFound, PayloadTooLarge, ServiceError, Unauthorized, UnsupportedMediaType
 from service.instances import decode_instances
-from service.registry import Registry
+from service.registry import ModelVersion, Registry
 from service.settings import Settings
 from service.transport import Responses
 
@@ -112,16 +112,9 @@ class FastPath:
         request_id = headers.get(b"x-request-id") or next(self.ids)
         path = scope["path"]
         if scope["method"] == "POST" and ((match := PREDICT.match(path)) or (match := INFER.match(path))):
-            kind = "predict" if match.re is PREDICT else "infer"
-            try:
-                status, body, extra = await self.handle(kind, match, headers, request_id.decode(), receive)
-            except ServiceError as e:
-                status, body, extra = e.status, orjson.dumps(e.body()), [(b"content-type", b"application/json")]
-            except Exception:  # a bug, not a client mistake: log it, answer 500, keep serving
-                log.exception("unexpected error on %s", path)
-                error = ServiceError("internal server error")
-                status, body, extra = 500, orjson.dumps(error.body()), [(b"content-type", b"application/json")]
-            return await _respond(send, status, body, [*extra, (b"x-request-id", request_id)])
+            return await self.predict(
+                "predict" if match.re is PREDICT else "infer", match, headers, request_id, receive, send
+            )
         if path not in PUBLIC and not self.gateway.authorized(headers):
             error = Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
             return await _respond(
@@ -138,14 +131,36 @@ class FastPath:
 
         return await self.app(scope, receive, send_with_id)
 
-    async def handle(self, kind: str, match: re.Match, headers: dict, request_id: str, receive):
-        gateway = self.gateway
-        if not gateway.authorized(headers):
-            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+    async def predict(self, kind: str, match: re.Match, headers: dict, request_id: bytes, receive, send) -> None:
+        """Answer one prediction request, whatever happens, and record it (metrics.py)."""
+        start = time.perf_counter()
+        metrics.requests_in_flight.inc()
+        model = None
+        try:
+            if not self.gateway.authorized(headers):
+                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+            model = self.gateway.registry.get(match.group("name"), parse_version(match.group("version")))
+            status, body, extra = await self.handle(kind, model, headers, request_id.decode(), receive)
+        except ServiceError as e:
+            status, body, extra = e.status, orjson.dumps(e.body()), [(b"content-type", b"application/json")]
+            if status < 500:
+                metrics.input_rejected_total.labels(model.name if model else "", e.reason).inc()
+        except Exception:  # a bug, not a client mistake: log it, answer 500, keep serving
+            log.exception("unexpected error on %s", match.string)
+            error = ServiceError("internal server error")
+            status, body, extra = 500, orjson.dumps(error.body()), [(b"content-type", b"application/json")]
+        try:
+            await _respond(send, status, body, [*extra, (b"x-request-id", request_id)])
+        finally:
+            metrics.requests_in_flight.dec()
+            name, version = (model.name, str(model.version)) if model else ("", "")
+            metrics.requests_total.labels(name, version, kind, str(status)).inc()
+            metrics.request_duration_seconds.labels(name, kind).observe(time.perf_counter() - start)
+
+    async def handle(self, kind: str, model: ModelVersion, headers: dict, request_id: str, receive):
         header_length = headers.get(oip.HEADER_LENGTH.encode())
         _check_content_type(headers, binary_allowed=header_length is not None)
-        body = await _read_body(receive, headers, gateway.settings.max_body_bytes)
-        model = gateway.registry.get(match.group("name"), parse_version(match.group("version")))
+        body = await _read_body(receive, headers, self.gateway.settings.max_body_bytes)
         if kind == "predict":
             features, infer = decode_instances(body, model.spec), None
         else:
@@ -154,7 +169,7 @@ class FastPath:
             if infer.id is None:
                 infer = oip.InferRequest(features=features, id=request_id, outputs=infer.outputs)
         job = Job(kind, model.name, model.version, features, request_id, infer)
-        return await gateway.submit(job)
+        return await self.gateway.submit(job)
 
 
 def _check_content_type(headers: dict, binary_allowed: bool) -> None:

@@ -42,7 +42,7 @@ def providers_for(device: str) -> list[str]:
     if "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        raise BundleError(f"device 'cuda' requested but ONNX Runtime offers only {available}")
+        raise BundleError(f"device 'cuda' requested but ONNX Runtime offers only {available}", "provider_unavailable")
     return ["CPUExecutionProvider"]
 
 
@@ -52,6 +52,7 @@ class ModelVersion:
     version: int
     state: State
     reason: str | None = None
+    reason_code: str | None = None  # a fixed code for metrics, e.g. "hash_mismatch"
     manifest: Manifest | None = None
     session: ort.InferenceSession | None = None
     provider: str | None = None
@@ -80,10 +81,12 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
             providers = onnx_session.get_providers()
     except BundleError as e:
         log.error("skipping %s/%s: %s", name, version, e)
-        return ModelVersion(name, version, "UNAVAILABLE", reason=str(e))
+        return ModelVersion(name, version, "UNAVAILABLE", reason=str(e), reason_code=e.reason)
     except Exception as e:  # ORT raises several types (e.g. a provider failing to initialize)
         log.error("skipping %s/%s: %s", name, version, e)
-        return ModelVersion(name, version, "UNAVAILABLE", reason=f"{type(e).__name__}: {e}")
+        return ModelVersion(
+            name, version, "UNAVAILABLE", reason=f"{type(e).__name__}: {e}", reason_code="session_error"
+        )
     spec = InputSpec(features=tuple(manifest.features), max_rows=max_rows)
     loaded = ModelVersion(
         name, version, "READY", manifest=manifest, session=onnx_session, spec=spec, provider=providers[0]
@@ -109,6 +112,9 @@ class Registry:
             for name in repository.model_names(root)
         }
         return cls(models, default_model)
+
+    def entries(self) -> list[ModelVersion]:
+        return [entry for versions in self.models.values() for entry in versions.values()]
 
     def _pick_default(self) -> str | None:
         names = sorted(self.models)

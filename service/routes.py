@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from litserve.utils import WorkerSetupStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import schemas
+from service import metrics, schemas
 from service.errors import ServiceError
 from service.fastpath import Gateway, parse_version
 from service.registry import ModelVersion
@@ -85,6 +85,12 @@ def register(app: FastAPI, gateway: Gateway) -> None:
     errors = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 
     # --- simple JSON API ---------------------------------------------------------------------------
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format, summed over every server process (service/metrics.py)."""
+        content, content_type = metrics.render()
+        return Response(content, media_type=content_type)
 
     @app.get("/v1/models", response_model=schemas.ModelsResponse, tags=["models"])
     def list_models():

@@ -15,7 +15,7 @@ import litserve as ls
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 
-from service import routes
+from service import metrics, routes
 from service.fastpath import FastPath, Gateway
 from service.registry import Registry
 from service.settings import Settings
@@ -30,6 +30,7 @@ def build(settings: Settings) -> ls.LitServer:
     registry = Registry.load(
         settings.repository, settings.device, settings.max_rows_per_request, settings.default_model, sessions=False
     )
+    record_startup(registry)
     gateway = Gateway(settings, registry)
     api = InferenceAPI(settings)
     server = PipeLitServer(
@@ -52,6 +53,14 @@ def build(settings: Settings) -> ls.LitServer:
     gateway.server = server
     routes.register(server.app, gateway)
     return server
+
+
+def record_startup(registry: Registry) -> None:
+    """Metrics this process owns: the build, and versions refused at load (counted once, here)."""
+    metrics.build_info.labels(routes.SERVER_VERSION).set(1)
+    for entry in registry.entries():
+        if entry.state != "READY":
+            metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
 
 
 def _stop_on_sigterm() -> None:

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     """When set, every route except liveness requires `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
 
+    drift_z: float = Field(4.0, gt=0.0)
+    """A feature counts as out of range (`tabserve_feature_out_of_range_total`) when its value, standardized
+    with the training mean and scale, is beyond ±drift_z."""
+
+    metrics_dir: Path | None = None
+    """Folder for the per-process metric files (emptied at start); default: a fresh temporary folder."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("host")

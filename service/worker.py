@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 
 import litserve as ls
 import numpy as np
 import orjson
 
-from service import oip
+from service import metrics, oip
 from service.batching import Job, NoWaitBatchedLoop, plan_calls, run_calls
 from service.errors import ModelNotReady
 from service.registry import Registry
@@ -54,20 +55,37 @@ class InferenceAPI(ls.LitAPI):
         )
         self.settings = settings
         self.registry: Registry | None = None
+        self.signals: dict[tuple[str, int], metrics.VersionSignals] = {}
 
     def setup(self, device) -> None:
         s = self.settings
         s.configure_logging()
         self.registry = Registry.load(s.repository, s.device, s.max_rows_per_request, s.default_model, sessions=True)
+        for entry in self.registry.entries():
+            if entry.state == "READY":
+                self.signals[entry.name, entry.version] = metrics.VersionSignals(
+                    entry.manifest, entry.provider, s.drift_z
+                )
+            elif (
+                entry.reason_code == "session_error"
+            ):  # only workers open sessions; the rest is counted once, at startup
+                metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
         gc.freeze()  # long-lived from here on: keep full collections (and their pauses) small
 
     def decode_request(self, request):  # LitServe requires the hook; requests arrive as decoded `Job`s
         return request
 
     def predict(self, model: str, version: int, features: np.ndarray) -> np.ndarray:
-        return self.registry.get(model, version).predict(features)
+        entry = self.registry.get(model, version)
+        start = time.perf_counter()
+        probabilities = entry.predict(features)
+        self.signals[model, version].observe_call(features, probabilities, time.perf_counter() - start)
+        return probabilities
 
     def answer(self, jobs: list[Job], queue_seconds: list[float]) -> list[Answer]:
+        for job, seconds in zip(jobs, queue_seconds, strict=True):
+            if signals := self.signals.get((job.model, job.version)):
+                signals.queue.observe(seconds)
         calls = plan_calls(jobs, self.settings.max_batch_rows)
         if log.isEnabledFor(logging.DEBUG):
             for call in calls:
