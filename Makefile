@@ -12,7 +12,7 @@ PORT ?= 8000
 SERVE_ARGS ?=
 BENCH_DURATION ?= 8
 
-.PHONY: setup run serve test lint format train verify quality bench clean
+.PHONY: setup tools run serve test lint format train verify quality bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,serve,dev]"
 	touch $(STAMP)
 
+# Debian packages the tests and benchmarks run for real: Prometheus (+ promtool), docker-compose (to validate
+# the compose file without an engine), hey (load generator). Installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := prometheus:prometheus promtool:prometheus docker-compose:docker-compose
+tools:
+	@missing="$$(for p in $(APT_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p##*:}; done | sort -u)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 ## The main job: serve the repository (training the default model first if the repository has none).
 run: setup
 	@test -n "$$(ls -d $(REPOSITORY)/*/[0-9]* 2>/dev/null)" || $(PY) -m training train --dataset $(DEFAULT_MODEL) --name $(DEFAULT_MODEL) --repository $(REPOSITORY)
@@ -31,7 +42,7 @@ run: setup
 
 serve: run
 
-test: setup lint
+test: setup tools lint
 	$(PY) -m pytest $(ARGS)
 
 lint: setup
@@ -56,7 +67,7 @@ quality: setup
 
 ## Four servers on one model, one load generator (hey): make bench [BENCH_DURATION=8] (about 3-5 minutes).
 bench: setup
-	@command -v hey >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y hey; else sudo apt-get install -y hey; fi; }
+	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
 	BENCH_DURATION=$(BENCH_DURATION) $(PY) -m benchmarks.run
 
 clean:
