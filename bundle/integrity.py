@@ -91,6 +91,25 @@ def check_model_graph(folder: Path, manifest: Manifest, session: ort.InferenceSe
         raise BundleError(f"{path}: metadata {wrong} disagree with the manifest", "graph_mismatch")
 
 
+PROBE_TOLERANCE = 1e-4
+"""Max abs difference in probabilities: loose enough for another execution provider (CUDA), tight enough to
+catch a wrong graph or a broken runtime."""
+
+
+def check_probe(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
+    """The graph, run by `session`, must still give the probabilities recorded at training time."""
+    if manifest.probe is None:
+        return
+    inputs = np.asarray(manifest.probe.inputs, dtype=np.float32)
+    got = session.run(["probabilities"], {"features": inputs})[0]
+    difference = float(np.abs(got - np.asarray(manifest.probe.probabilities, dtype=np.float32)).max())
+    if not difference <= PROBE_TOLERANCE:
+        raise BundleError(
+            f"{path}: parity probe differs from training by {difference:.2e} (tolerance {PROBE_TOLERANCE})",
+            "parity_mismatch",
+        )
+
+
 def check_label_encoder(folder: Path, manifest: Manifest) -> None:
     """`label_encoder.onnx` must decode every class index to the manifest's label."""
     path = Path(folder) / LABEL_ENCODER_FILE
@@ -119,7 +138,9 @@ def check_bundle(folder: Path) -> Manifest:
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_hashes(folder, manifest)
-    check_model_graph(folder, manifest, open_session(folder / MODEL_FILE))
+    session = open_session(folder / MODEL_FILE)
+    check_model_graph(folder, manifest, session)
+    check_probe(session, manifest, folder / MODEL_FILE)
     check_scaler(folder, manifest)
     check_label_encoder(folder, manifest)
     return manifest

@@ -41,6 +41,16 @@ class ScalerParams(_Strict):
     scale: list[float]
 
 
+class Probe(_Strict):
+    """A few test rows and the probabilities the exported graph gave for them at training time.
+
+    Loaders run them again (on the execution provider they will serve with) before a version takes traffic.
+    """
+
+    inputs: list[list[float]]
+    probabilities: list[list[float]]
+
+
 class DatasetInfo(_Strict):
     source: str = Field(description="Built-in dataset name or the data file's path as given.")
     fingerprint: str = Field(description="sha256 over feature names, values and labels of all rows.")
@@ -59,6 +69,7 @@ class Manifest(_Strict):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     scaler: ScalerParams
+    probe: Probe | None = Field(None, description="Parity probe; absent in bundles from before it existed.")
     metrics: dict[str, float] = Field(description="Test-split metrics: accuracy, log_loss, macro_f1, ...")
     training: dict[str, Any] = Field(description="The training configuration that produced the model.")
     dataset: DatasetInfo

@@ -36,6 +36,7 @@ class Job(NamedTuple):
     features: np.ndarray  # float32 [rows, n_features], already validated
     request_id: str
     infer: Any = None  # the decoded `oip.InferRequest` for "infer" jobs
+    generation: int = 0  # of the HTTP process's registry when the job was validated (service/reload.py)
 
     @property
     def rows(self) -> int:

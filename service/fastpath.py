@@ -26,6 +26,7 @@ from service.batching import Job
 from service.errors import ModelNotFound, PayloadTooLarge, ServiceError, Unauthorized, UnsupportedMediaType
 from service.instances import decode_instances
 from service.registry import ModelVersion, Registry
+from service.reload import Reloader
 from service.settings import Settings
 from service.transport import Responses
 
@@ -47,10 +48,12 @@ class Gateway:
     server: Any = None  # the LitServer; its queues exist only after run(), so they are looked up per request
     api_path: str = "/predict"
     api_keys: frozenset[bytes] = field(default_factory=frozenset)
+    reloader: Reloader | None = None
     responses: Responses | None = None
     uids: Iterator[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
+        self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
         if self.settings.api_key is not None:
             self.api_keys = frozenset({self.settings.api_key.get_secret_value().encode()})
 
@@ -106,6 +109,8 @@ class FastPath:
         gc.freeze()
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":  # the HTTP process is starting: its event loop runs from here on
+            self.gateway.reloader.start()
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -168,7 +173,7 @@ class FastPath:
             features = infer.features
             if infer.id is None:
                 infer = oip.InferRequest(features=features, id=request_id, outputs=infer.outputs)
-        job = Job(kind, model.name, model.version, features, request_id, infer)
+        job = Job(kind, model.name, model.version, features, request_id, infer, self.gateway.reloader.generation)
         return await self.gateway.submit(job)
 
 

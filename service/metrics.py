@@ -6,9 +6,9 @@ and sums them at scrape time. The folder must be set before prometheus_client is
 builds a fresh registry over it (`render`). Label values are bounded: model names and versions from the repository,
 class labels and feature names from manifests, fixed reason codes — never raw input.
 
-What the HTTP process records: requests, their latency, in-flight count and rejections. What the workers
-record: queue and inference time, rows per ONNX Runtime call, the predicted class mix, and out-of-range
-features (drift), plus which versions they serve on which provider.
+What the HTTP process records: requests, their latency, in-flight count and rejections, and which versions
+take traffic (service/reload.py). What the workers record: queue and inference time, rows per ONNX Runtime
+call, the predicted class mix, and out-of-range features (drift).
 """
 
 from __future__ import annotations
@@ -92,8 +92,14 @@ class_prior = Gauge(
 )
 model_info = Gauge(
     "tabserve_model_info",
-    "1 for each model version loaded by the inference workers, with the execution provider in use.",
+    "1 for each model version verified and able to take traffic (0 once unloaded), with its execution provider.",
     ["model", "version", "provider"],
+    multiprocess_mode="livemax",
+)
+served_version = Gauge(
+    "tabserve_served_version",
+    "The version that answers requests naming none (pinned by a rollback, else the newest READY); 0: none.",
+    ["model"],
     multiprocess_mode="livemax",
 )
 model_load_failures_total = Counter(
@@ -111,7 +117,7 @@ class VersionSignals:
     the training split's mean and scale from the manifest (the same standardization the graph applies).
     """
 
-    def __init__(self, manifest: Manifest, provider: str, drift_z: float):
+    def __init__(self, manifest: Manifest, drift_z: float):
         model, version = manifest.name, str(manifest.version)
         self.queue = queue_duration_seconds.labels(model, version)
         self.inference = inference_duration_seconds.labels(model, version)
@@ -121,9 +127,6 @@ class VersionSignals:
         self.out_of_range = [feature_out_of_range_total.labels(model, version, f) for f in manifest.features]
         self.mean = np.asarray(manifest.scaler.mean, dtype=np.float32)
         self.bound = drift_z * np.asarray(manifest.scaler.scale, dtype=np.float32)
-        model_info.labels(model, version, provider).set(1)
-        for label, share in manifest.class_prior.items():
-            class_prior.labels(model, version, label).set(share)
 
     def observe_call(self, rows: np.ndarray, probabilities: np.ndarray, seconds: float) -> None:
         self.inference.observe(seconds)

@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from bundle import repository
-from bundle.integrity import BundleError, check_bundle
+from bundle import policy, repository
+from bundle.integrity import BundleError, check_bundle, check_probe
 from bundle.manifest import Manifest
 from service.errors import ModelNotFound, ModelNotReady
 from service.instances import InputSpec
@@ -79,6 +79,7 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
                 str(folder / repository.MODEL_FILE), sess_options=session_options(), providers=providers
             )
             providers = onnx_session.get_providers()
+            check_probe(onnx_session, manifest, folder / repository.MODEL_FILE)  # on the provider that will serve
     except BundleError as e:
         log.error("skipping %s/%s: %s", name, version, e)
         return ModelVersion(name, version, "UNAVAILABLE", reason=str(e), reason_code=e.reason)
@@ -95,23 +96,97 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
     return loaded
 
 
+def stamp(folder: Path) -> tuple:
+    """What a version folder looks like on disk (names, sizes, mtimes): a change means verify it again."""
+    try:
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+    except OSError:
+        return ()
+
+
 class Registry:
-    def __init__(self, models: dict[str, dict[int, ModelVersion]], default_model: str | None = None):
-        self.models = models
-        self.default_model = default_model or self._pick_default()
+    """Every version of every model in the repository, as this process sees it.
+
+    `refresh` re-reads the repository: versions that appeared (or changed on disk) are verified and loaded,
+    unchanged ones are kept as they are (no re-verification, no new session), vanished ones are dropped, and
+    each model's `policy.json` decides which versions are loaded and which answers by default. The new state
+    is swapped in at once, so a request sees the old registry or the new one, never a mix.
+    """
+
+    def __init__(
+        self, root: Path, device: str, max_rows: int, default_model: str | None = None, sessions: bool = False
+    ):
+        self.root, self.device, self.max_rows, self.sessions = Path(root), device, max_rows, sessions
+        self.requested_default = default_model
+        self.models: dict[str, dict[int, ModelVersion]] = {}
+        self.policies: dict[str, policy.VersionPolicy] = {}
+        self.stamps: dict[tuple[str, int], tuple] = {}
+        self.unloaded: set[str] = set()  # models unloaded through the repository API (until loaded again)
+        self.default_model: str | None = None
 
     @classmethod
     def load(
         cls, root: Path, device: str, max_rows: int, default_model: str | None = None, sessions: bool = False
     ) -> Registry:
-        models = {
-            name: {
-                v: load_version(repository.version_dir(root, name, v), device, max_rows, sessions)
-                for v in repository.versions(root, name)
-            }
-            for name in repository.model_names(root)
-        }
-        return cls(models, default_model)
+        registry = cls(root, device, max_rows, default_model, sessions)
+        registry.refresh()
+        return registry
+
+    def refresh(self) -> list[ModelVersion]:
+        """Bring the registry up to date with the repository; returns the versions that newly failed to load."""
+        models, policies, stamps, failures = {}, {}, {}, []
+        for name in repository.model_names(self.root):
+            policies[name] = self._policy(name)
+            entries = {}
+            available = repository.versions(self.root, name)
+            selected = policies[name].selects(available)
+            for version in available:
+                folder = repository.version_dir(self.root, name, version)
+                if name in self.unloaded:
+                    entries[version] = ModelVersion(
+                        name, version, "UNAVAILABLE", "unloaded through the repository API", "unloaded"
+                    )
+                    continue
+                if version not in selected:
+                    reason = f"not selected by the version policy ({policies[name].describe()})"
+                    entries[version] = ModelVersion(name, version, "UNAVAILABLE", reason, "policy")
+                    continue
+                stamps[name, version] = now = stamp(folder)
+                known = self.models.get(name, {}).get(version)
+                if (
+                    known is not None
+                    and known.reason_code not in ("policy", "unloaded")
+                    and self.stamps.get((name, version)) == now
+                ):
+                    entries[version] = known
+                    continue
+                entries[version] = load_version(folder, self.device, self.max_rows, self.sessions)
+                if entries[version].state != "READY":
+                    failures.append(entries[version])
+            models[name] = entries
+        self.models, self.policies, self.stamps = models, policies, stamps
+        self.default_model = self.requested_default or self._pick_default()
+        return failures
+
+    def ensure(self, name: str, version: int) -> ModelVersion:
+        """This version, loading it now if this process has not (a worker asked for a version it never saw)."""
+        entry = self.models.get(name, {}).get(version)
+        if entry is not None and entry.state == "READY":
+            return entry
+        folder = repository.version_dir(self.root, name, version)
+        if not folder.is_dir():
+            return self.get(name, version)  # the usual 404 / 503
+        entry = load_version(folder, self.device, self.max_rows, self.sessions)
+        self.models = {**self.models, name: {**self.models.get(name, {}), version: entry}}
+        self.stamps[name, version] = stamp(folder)
+        return self.get(name, version)
+
+    def _policy(self, name: str) -> policy.VersionPolicy:
+        try:
+            return policy.read(self.root / name)
+        except (OSError, ValueError) as e:  # a bad policy file must not take the model down: keep the last good one
+            log.error("%s: unreadable %s, keeping the previous policy: %s", name, policy.POLICY_FILE, e)
+            return self.policies.get(name, policy.VersionPolicy())
 
     def entries(self) -> list[ModelVersion]:
         return [entry for versions in self.models.values() for entry in versions.values()]
@@ -123,17 +198,14 @@ class Registry:
         return "iris"
 
     def get(self, name: str | None, version: int | None = None) -> ModelVersion:
-        """The requested version, or the newest READY one; 404 for unknown names and versions."""
+        """The requested version, or the default one (pinned, else newest READY); 404 for unknown names and versions."""
         if name is None:
             name = self.default_model
         versions = self.models.get(name or "")
         if not versions:
             raise ModelNotFound(f"model {name!r} not found; available: {sorted(self.models)}", field="model", got=name)
         if version is None:
-            ready = [v for v in versions.values() if v.state == "READY"]
-            if not ready:
-                raise ModelNotReady(f"model {name!r} has no loadable version", field="model", got=name)
-            return max(ready, key=lambda v: v.version)
+            return self._default_version(name, versions)
         entry = versions.get(version)
         if entry is None:
             raise ModelNotFound(
@@ -144,3 +216,12 @@ class Registry:
                 f"model {name!r} version {version} is unavailable: {entry.reason}", field="version", got=version
             )
         return entry
+
+    def _default_version(self, name: str, versions: dict[int, ModelVersion]) -> ModelVersion:
+        pinned = versions.get(self.policies[name].pinned or 0)
+        if pinned is not None and pinned.state == "READY":
+            return pinned
+        ready = [v for v in versions.values() if v.state == "READY"]
+        if not ready:
+            raise ModelNotReady(f"model {name!r} has no loadable version", field="model", got=name)
+        return max(ready, key=lambda v: v.version)  # a broken pinned version never answers: newest READY does

@@ -12,14 +12,15 @@ from fastapi.responses import JSONResponse, Response
 from litserve.utils import WorkerSetupStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bundle import repository
 from service import metrics, schemas
-from service.errors import ServiceError
+from service.errors import ModelNotFound, ServiceError
 from service.fastpath import Gateway, parse_version
 from service.registry import ModelVersion
 
 SERVER_NAME = "tabserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 def _states(gateway: Gateway, name: str) -> list[schemas.VersionState]:
@@ -97,7 +98,13 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         """Every model and version in the repository, with the reason a version could not be loaded."""
         return schemas.ModelsResponse(
             models=[
-                schemas.ModelListing(name=name, default=name == registry.default_model, versions=_states(gateway, name))
+                schemas.ModelListing(
+                    name=name,
+                    default=name == registry.default_model,
+                    versions=_states(gateway, name),
+                    served_version=_served_version(gateway, name),
+                    policy=registry.policies[name].describe(),
+                )
                 for name in sorted(registry.models)
             ]
         )
@@ -184,7 +191,47 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             responses=errors,
             openapi_extra=_body(schemas.OipInferRequest),
         )
+
+    # --- Open Inference Protocol repository extension ------------------------------------------------
+
+    @app.post("/v2/repository/index", response_model=list[schemas.RepositoryIndexEntry], tags=["repository"])
+    def repository_index():
+        """Every version in the repository and its state (what this server last read; polling keeps it fresh)."""
+        return [
+            schemas.RepositoryIndexEntry(name=e.name, version=str(e.version), state=e.state, reason=e.reason or "")
+            for e in sorted(registry.entries(), key=lambda e: (e.name, e.version))
+        ]
+
+    @app.post("/v2/repository/models/{name}/load", responses=errors, tags=["repository"])
+    async def repository_load(name: str):
+        """Re-read the repository now and serve `name` again if it was unloaded; 400 if no version can serve."""
+        _known(gateway, name)
+        registry.unloaded.discard(name)
+        await gateway.reloader.reload()
+        registry.get(name)  # 503 with the reason when no version loaded
+        return {}
+
+    @app.post("/v2/repository/models/{name}/unload", responses=errors, tags=["repository"])
+    async def repository_unload(name: str):
+        """Stop serving `name` until it is loaded again (requests already queued still finish)."""
+        _known(gateway, name)
+        registry.unloaded.add(name)
+        await gateway.reloader.reload()
+        return {}
+
     _document_bodies(app, (schemas.PredictRequest, schemas.OipInferRequest))
+
+
+def _known(gateway: Gateway, name: str) -> None:
+    if name not in repository.model_names(gateway.registry.root):
+        raise ModelNotFound(f"model {name!r} is not in the repository", field="model", got=name)
+
+
+def _served_version(gateway: Gateway, name: str) -> int | None:
+    try:
+        return gateway.registry.get(name).version
+    except ServiceError:
+        return None
 
 
 def _ready_or_503(gateway: Gateway) -> Response:

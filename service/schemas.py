@@ -47,6 +47,17 @@ class ModelListing(BaseModel):
     name: str
     default: bool
     versions: list[VersionState]
+    served_version: int | None = Field(None, description="The version answering requests that name none.")
+    policy: str = Field(description="Which versions are loaded, and a pinned default if any (policy.json).")
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One entry of the Open Inference Protocol repository index (as Triton answers it)."""
+
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str = ""
 
 
 class ModelsResponse(BaseModel):

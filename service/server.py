@@ -56,7 +56,8 @@ def build(settings: Settings) -> ls.LitServer:
 
 
 def record_startup(registry: Registry) -> None:
-    """Metrics this process owns: the build, and versions refused at load (counted once, here)."""
+    """Metrics of the first look at the repository: the build, and versions refused at load (counted once, here;
+    later refusals are counted by the HTTP process's reloader)."""
     metrics.build_info.labels(routes.SERVER_VERSION).set(1)
     for entry in registry.entries():
         if entry.state != "READY":

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     """When set, every route except liveness requires `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
 
+    poll_interval: float = Field(5.0, ge=0.0)
+    """Seconds between looks at the repository for new, removed or rolled-back versions; 0: only on demand
+    (`POST /v2/repository/index` lists, `.../models/{name}/load` re-reads a model)."""
+
     drift_z: float = Field(4.0, gt=0.0)
     """A feature counts as out of range (`tabserve_feature_out_of_range_total`) when its value, standardized
     with the training mean and scale, is beyond ±drift_z."""

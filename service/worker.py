@@ -56,19 +56,14 @@ class InferenceAPI(ls.LitAPI):
         self.settings = settings
         self.registry: Registry | None = None
         self.signals: dict[tuple[str, int], metrics.VersionSignals] = {}
+        self.generation = 0  # of the HTTP process's registry that this worker has caught up with
 
     def setup(self, device) -> None:
         s = self.settings
         s.configure_logging()
         self.registry = Registry.load(s.repository, s.device, s.max_rows_per_request, s.default_model, sessions=True)
         for entry in self.registry.entries():
-            if entry.state == "READY":
-                self.signals[entry.name, entry.version] = metrics.VersionSignals(
-                    entry.manifest, entry.provider, s.drift_z
-                )
-            elif (
-                entry.reason_code == "session_error"
-            ):  # only workers open sessions; the rest is counted once, at startup
+            if entry.reason_code == "session_error":  # only workers open sessions; the rest is counted at startup
                 metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
         gc.freeze()  # long-lived from here on: keep full collections (and their pauses) small
 
@@ -76,22 +71,35 @@ class InferenceAPI(ls.LitAPI):
         return request
 
     def predict(self, model: str, version: int, features: np.ndarray) -> np.ndarray:
-        entry = self.registry.get(model, version)
+        entry = self.registry.ensure(model, version)
         start = time.perf_counter()
         probabilities = entry.predict(features)
-        self.signals[model, version].observe_call(features, probabilities, time.perf_counter() - start)
+        self._signals(entry).observe_call(features, probabilities, time.perf_counter() - start)
         return probabilities
 
+    def _signals(self, entry) -> metrics.VersionSignals:
+        key = entry.name, entry.version
+        if key not in self.signals:
+            self.signals[key] = metrics.VersionSignals(entry.manifest, self.settings.drift_z)
+        return self.signals[key]
+
+    def follow(self, generation: int) -> None:
+        """The HTTP process saw the repository change: re-read it too (between batches, nothing in flight)."""
+        if generation > self.generation:
+            self.registry.refresh()
+            self.generation = generation
+
     def answer(self, jobs: list[Job], queue_seconds: list[float]) -> list[Answer]:
-        for job, seconds in zip(jobs, queue_seconds, strict=True):
-            if signals := self.signals.get((job.model, job.version)):
-                signals.queue.observe(seconds)
+        self.follow(max(job.generation for job in jobs))
         calls = plan_calls(jobs, self.settings.max_batch_rows)
         if log.isEnabledFor(logging.DEBUG):
             for call in calls:
                 requests = len({index for index, _, _ in call.parts})
                 log.debug("onnxruntime call %s/%s rows=%d requests=%d", call.model, call.version, call.rows, requests)
         results = run_calls(jobs, calls, self.predict)
+        for job, seconds in zip(jobs, queue_seconds, strict=True):
+            if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
+                signals.queue.observe(seconds)
         return [self._encode(job, result) for job, result in zip(jobs, results, strict=True)]
 
     def _encode(self, job: Job, result: np.ndarray | Exception) -> Answer:

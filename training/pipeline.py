@@ -15,7 +15,7 @@ import numpy as np
 from bundle import repository
 from bundle.atomic import sha256_file
 from bundle.integrity import onnx_metadata
-from bundle.manifest import MANIFEST_FILE, DatasetInfo, Manifest, ScalerParams, TensorSpec
+from bundle.manifest import MANIFEST_FILE, DatasetInfo, Manifest, Probe, ScalerParams, TensorSpec
 from training import checkpoint, data, evaluate, export
 from training.config import TrainConfig
 from training.errors import ResumeError
@@ -25,6 +25,7 @@ from training.trainer import Trainer
 
 CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+PROBE_ROWS = 8
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "scikit-learn", "skl2onnx", "numpy")
 
 
@@ -87,6 +88,7 @@ def write_bundle(
     shutil.copyfile(Path(workdir) / checkpoint.BEST, staging / repository.CHECKPOINT_FILE)
 
     probabilities = _onnx_probabilities(model_path, prepared.test.X)
+    probe = Probe(inputs=prepared.test.X[:PROBE_ROWS].tolist(), probabilities=probabilities[:PROBE_ROWS].tolist())
     metrics = evaluate.evaluate(probabilities, prepared.test.y, classes)
     evaluate.plot_curves(state.history, state.best_epoch, staging / CURVES_FILE)
     evaluate.plot_confusion_matrix(metrics, staging / CONFUSION_FILE)
@@ -110,6 +112,7 @@ def write_bundle(
         inputs=[TensorSpec(name="features", datatype="FP32", shape=[-1, n_features])],
         outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, len(classes)])],
         scaler=ScalerParams(mean=prepared.scaler.mean_.tolist(), scale=prepared.scaler.scale_.tolist()),
+        probe=probe,
         metrics=evaluate.headline(metrics),
         training=config.model_dump(mode="json"),
         dataset=DatasetInfo(

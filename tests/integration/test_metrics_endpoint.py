@@ -78,7 +78,7 @@ def test_model_info_priors_failures_and_build(served):
     m = Scrape.of(served.url)
     loaded = {(s["model"], s["version"], s["provider"]) for s in m.series("tabserve_model_info")}
     assert loaded == {(n, v, "CPUExecutionProvider") for n, v in [("iris", "1"), ("iris", "2"), ("flowers", "1")]}
-    assert m.sum("tabserve_model_info") == 3  # max over the two workers, not their sum
+    assert m.sum("tabserve_model_info") == 3  # set by the HTTP process only: not once per worker
     assert m.sum("tabserve_model_load_failures_total", model="iris", reason="hash_mismatch") == 1
     for model, version in [("iris", "1"), ("iris", "2"), ("flowers", "1")]:
         assert m.sum("tabserve_class_prior", model=model, version=version) == pytest.approx(1.0)

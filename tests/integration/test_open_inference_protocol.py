@@ -25,7 +25,7 @@ def test_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("iris") and client.is_model_ready("iris", "1")
     assert not client.is_model_ready("nope") and not client.is_model_ready("iris", "3")
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_repository"]
     metadata = client.get_model_metadata("iris")
     assert metadata["versions"] == ["1", "2"] and metadata["platform"] == "onnxruntime_onnx"
     assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]

@@ -20,7 +20,7 @@ ALL = [m for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Hist
 
 
 def test_every_metric_is_named_by_convention():
-    assert len(ALL) == 14
+    assert len(ALL) == 15
     for metric in ALL:
         assert metric._name.startswith("tabserve_"), metric._name
         assert set(metric._labelnames) <= BOUNDED_LABELS, (metric._name, metric._labelnames)
@@ -69,7 +69,7 @@ def test_drift_counts_rows_beyond_z_training_deviations_per_feature(z, expected)
         name="unit", version=99, classes=["a", "b"], features=["f0", "f1"], class_prior={"a": 0.5, "b": 0.5},
         scaler=ScalerParams(mean=[10.0, 0.0], scale=[2.0, 1.0]),
     )  # fmt: skip
-    signals = metrics.VersionSignals(manifest, "CPUExecutionProvider", drift_z=z)
+    signals = metrics.VersionSignals(manifest, drift_z=z)
     rows = np.array([[10.0, 0.0], [30.0, 0.2], [11.5, -0.9]], dtype=np.float32)  # z: (0, 0), (10, 0.2), (0.75, -0.9)
     before = [child._value.get() for child in signals.out_of_range]
     signals.observe_call(rows, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32), 0.001)

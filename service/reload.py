@@ -1,0 +1,86 @@
+"""Hot reload: keep the HTTP process's registry in step with the repository, without a restart.
+
+The HTTP process decides what takes traffic. Every `poll_interval` seconds (and on demand, through the Open
+Inference Protocol repository extension) it re-reads the repository in a thread: a new version is verified
+(manifest, hashes, graph, parity probe) before the swap, so until then the old version keeps answering; a
+broken one is listed with its reason and never answers. Each change bumps `generation`, which every queued
+job carries: a worker that sees a newer generation re-reads the repository too, and a worker asked for a
+version it has not loaded loads it on the spot, so requests already queued for an old version still finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from service import metrics
+from service.errors import ServiceError
+from service.registry import Registry
+
+log = logging.getLogger("tabserve.reload")
+
+
+class Reloader:
+    def __init__(self, registry: Registry, poll_interval: float):
+        self.registry = registry
+        self.poll_interval = poll_interval
+        self.generation = 0
+        self._lock: asyncio.Lock | None = None
+        self._task: asyncio.Task | None = None
+        self._published: set[tuple[str, int, str]] = set()
+
+    def start(self) -> None:
+        """In the HTTP process, once its event loop runs (ASGI lifespan startup)."""
+        if self._lock is not None:
+            return
+        self._lock = asyncio.Lock()
+        self._publish()
+        if self.poll_interval > 0:
+            self._task = asyncio.create_task(self._poll(), name="tabserve-repository-poll")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.reload()
+            except Exception:  # keep polling: the next look at the repository may go better
+                log.exception("reading the repository failed")
+
+    async def reload(self) -> None:
+        """Re-read the repository now; returns once the new state serves."""
+        if self._lock is None:
+            self.start()
+        async with self._lock:
+            before = {(e.name, e.version): e for e in self.registry.entries()}
+            served_before = self._served()
+            failures = await asyncio.to_thread(self.registry.refresh)
+            after = {(e.name, e.version): e for e in self.registry.entries()}
+            if before.keys() != after.keys() or any(after[k] is not before[k] for k in after):
+                self.generation += 1
+            for entry in failures:
+                metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
+            for name, version in self._served().items():
+                if served_before.get(name) != version:
+                    log.info("%s: version %s now answers by default (was %s)", name, version, served_before.get(name))
+            self._publish()
+
+    def _served(self) -> dict[str, int]:
+        served = {}
+        for name in self.registry.models:
+            with contextlib.suppress(ServiceError):
+                served[name] = self.registry.get(name).version
+        return served
+
+    def _publish(self) -> None:
+        """Loaded versions, their class priors, and which version answers by default, as gauges."""
+        ready = {(e.name, e.version, e.provider): e for e in self.registry.entries() if e.state == "READY"}
+        for name, version, provider in self._published - ready.keys():
+            metrics.model_info.labels(name, str(version), provider).set(0)
+        for (name, version, provider), entry in ready.items():
+            metrics.model_info.labels(name, str(version), provider).set(1)
+            for label, share in entry.manifest.class_prior.items():
+                metrics.class_prior.labels(name, str(version), label).set(share)
+        self._published = set(ready)
+        for name in self.registry.models:
+            metrics.served_version.labels(name).set(self._served().get(name, 0))
