@@ -12,7 +12,7 @@ PORT ?= 8000
 SERVE_ARGS ?=
 BENCH_DURATION ?= 8
 
-.PHONY: setup tools run serve test lint format train verify quality bench clean
+.PHONY: setup tools run serve test lint format train retrain rollback verify quality bench clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,17 @@ format: setup
 ## make train DATASET=wine [NAME=wine] [ARGS="--hidden 64,32"]
 train: setup
 	$(PY) -m training train --dataset $(DATASET) --name $(NAME) --repository $(REPOSITORY) $(ARGS)
+
+## make retrain MODEL=iris [DATA=new.csv] [ARGS="--f1-tolerance 0.02"]: publish a challenger only if not worse
+## (exit code 3 when the gate rejects it). The running server picks the new version up by itself.
+retrain: setup
+	@test -n "$(MODEL)" || { echo "usage: make retrain MODEL=<name> [DATA=<file or dataset>]"; exit 2; }
+	$(PY) -m training retrain --name $(MODEL) --repository $(REPOSITORY) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+## make rollback MODEL=iris [VERSION=2]: an earlier version answers by default; nothing is deleted.
+rollback: setup
+	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=<name> [VERSION=<v>]"; exit 2; }
+	$(PY) -m training rollback --name $(MODEL) --repository $(REPOSITORY) $(if $(VERSION),--version $(VERSION)) $(ARGS)
 
 ## make verify FOLDER=models/iris/1
 verify: setup

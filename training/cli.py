@@ -1,4 +1,7 @@
-"""Command line: `python -m training train|verify|quality`. Errors print one line and a non-zero exit, no traceback."""
+"""Command line: `python -m training train|retrain|rollback|verify|quality`.
+
+Errors print one line and a non-zero exit, no traceback.
+"""
 
 from __future__ import annotations
 
@@ -34,31 +37,25 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and publish it as a new version")
     train.add_argument("--dataset", "--data", dest="dataset", help="built-in name or a .csv/.parquet file")
-    train.add_argument("--label-column")
-    train.add_argument("--features", type=_columns, help="comma-separated feature columns (default: all others)")
     train.add_argument("--name", required=True, help="model name in the repository")
-    train.add_argument("--repository", type=Path, default=Path("models"))
-    train.add_argument("--workdir", type=Path, help="checkpoint folder for the run (default: runs/<name>)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --workdir")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 128,64")
-    train.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu", "gelu"])
-    train.add_argument("--dropout", type=float)
-    train.add_argument("--init", choices=["kaiming", "xavier", "default"])
-    train.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--momentum", type=float)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--max-epochs", type=int)
-    train.add_argument("--patience", type=int)
-    train.add_argument("--lr-patience", type=int)
-    train.add_argument("--lr-factor", type=float)
-    train.add_argument("--class-weights", choices=["none", "balanced"])
-    train.add_argument("--val-fraction", type=float)
-    train.add_argument("--test-fraction", type=float)
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _training_flags(train)
+
+    retrain = commands.add_parser(
+        "retrain", help="train a challenger with the served version's configuration; publish it only if not worse"
+    )
+    retrain.add_argument("--name", required=True, help="the model to retrain (its served version is the champion)")
+    retrain.add_argument("--dataset", "--data", dest="dataset", help="new data (default: the champion's dataset)")
+    retrain.add_argument("--f1-tolerance", type=float, help="macro-F1 may drop by at most this much (default 0.01)")
+    retrain.add_argument("--max-recall-drop", type=float, help="most any class's recall may drop (default 0.05)")
+    retrain.add_argument("--allow-new-classes", action="store_true", help="accept classes the champion lacks")
+    _training_flags(retrain)
+
+    rollback = commands.add_parser("rollback", help="make an earlier version the served one (nothing is deleted)")
+    rollback.add_argument("--name", required=True)
+    rollback.add_argument("--version", type=int, help="default: the newest verifiable version below the served one")
+    rollback.add_argument("--unpin", action="store_true", help="undo: serve the newest version again")
+    rollback.add_argument("--repository", type=Path, default=Path("models"))
 
     verify = commands.add_parser("verify", help="re-check hashes and ONNX parity of a published version")
     verify.add_argument("folder", type=Path, help="<repository>/<name>/<version>")
@@ -69,11 +66,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _training_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train and retrain (for retrain they override the champion's recorded configuration)."""
+    parser.add_argument("--label-column")
+    parser.add_argument("--features", type=_columns, help="comma-separated feature columns (default: all others)")
+    parser.add_argument("--repository", type=Path, default=Path("models"))
+    parser.add_argument("--workdir", type=Path, help="checkpoint folder for the run (default: runs/<name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 128,64")
+    parser.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu", "gelu"])
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--init", choices=["kaiming", "xavier", "default"])
+    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--patience", type=int)
+    parser.add_argument("--lr-patience", type=int)
+    parser.add_argument("--lr-factor", type=float)
+    parser.add_argument("--class-weights", choices=["none", "balanced"])
+    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument("--test-fraction", type=float)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The training settings given on the command line, shaped like `TrainConfig` (model flags nested)."""
     given = {k: v for k, v in vars(args).items() if v is not None}
     model = {k: given.pop(k) for k in MODEL_FLAGS if k in given}
     fields = {k: v for k, v in given.items() if k in TrainConfig.model_fields}
-    return TrainConfig(**fields, model=ModelConfig(**model))
+    return {**fields, "model": model} if model else fields
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = overrides_from_args(args)
+    model = ModelConfig(**overrides.pop("model", {}))
+    return TrainConfig(**overrides, model=model)
 
 
 def _describe(error: ValidationError) -> str:
@@ -114,6 +145,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    from training import pipeline, retrain
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    overrides = overrides_from_args(args)
+    overrides.pop("dataset", None)
+    bounds = {k: getattr(args, k) for k in ("f1_tolerance", "max_recall_drop") if getattr(args, k) is not None}
+    gate = retrain.Gate(**bounds, allow_new_classes=args.allow_new_classes)
+    workdir = args.workdir or pipeline.default_workdir(args.name)
+    try:
+        folder, manifest, comparison = retrain.retrain(
+            args.name, args.repository, workdir, gate, args.dataset, overrides, progress=not args.quiet
+        )
+    except retrain.ChallengerRejected as e:
+        print(e.comparison.table())
+        print(f"not published: {e}", file=sys.stderr)
+        return e.exit_code
+    print(comparison.table())
+    print(f"published {folder}: it now answers {manifest.name} requests that name no version")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from training import retrain
+
+    if args.unpin:
+        print(f"{args.name}: unpinned; version {retrain.unpin(args.name, args.repository)} answers by default")
+        return 0
+    old, new = retrain.rollback(args.name, args.repository, args.version)
+    print(f"{args.name}: version {new} answers by default (was {old}); nothing deleted. Undo: --unpin")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from training.verify import verify
 
@@ -130,7 +194,8 @@ def _quality(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"train": _train, "verify": _verify, "quality": _quality}[args.command]
+    commands = {"train": _train, "retrain": _retrain, "rollback": _rollback, "verify": _verify, "quality": _quality}
+    command = commands[args.command]
     try:
         return command(args)
     except ValidationError as e:

@@ -6,6 +6,8 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -42,40 +44,60 @@ def resume_config(workdir: Path, name: str) -> TrainConfig:
     return config
 
 
-def train(
-    config: TrainConfig, repo: Path, workdir: Path, resume: bool = False, progress: bool = True
-) -> tuple[Path, Manifest]:
-    """Train per `config` (continuing from `workdir/last.pt` if `resume`) and publish the next version."""
+@dataclass
+class Fitted:
+    """A trained run, ready to export: what `write_bundle` needs besides the version number."""
+
+    config: TrainConfig
+    dataset: data.Dataset
+    prepared: Prepared
+    classifier: Classifier
+    state: object
+    workdir: Path
+    training_seconds: float
+
+
+def fit(
+    config: TrainConfig, workdir: Path, resume: bool = False, progress: bool = True, dataset: data.Dataset | None = None
+) -> Fitted:
+    """Load (unless given) and split the data, train (continuing from `workdir/last.pt` if `resume`)."""
     started = time.perf_counter()
-    dataset = data.load(config.dataset, config.label_column, config.features)
+    dataset = dataset or data.load(config.dataset, config.label_column, config.features)
     prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
     trainer = Trainer(config, prepared, dataset, workdir, progress=progress)
     if resume:
         trainer.resume(Path(workdir) / checkpoint.LAST)
     state = trainer.fit()
-    best = trainer.best_checkpoint()
-    classifier = checkpoint.rebuild_classifier(best)
-    training_seconds = time.perf_counter() - started
+    classifier = checkpoint.rebuild_classifier(trainer.best_checkpoint())
+    return Fitted(config, dataset, prepared, classifier, state, Path(workdir), time.perf_counter() - started)
+
+
+Review = Callable[[Path], dict]
+"""Called with the exported `model.onnx` before anything else is written; returns extra report fields, or
+raises to publish nothing (a retrain's gate)."""
+
+
+def publish(fitted: Fitted, repo: Path, review: Review | None = None) -> tuple[Path, Manifest]:
+    """Export and publish `fitted` as the next version of its model."""
 
     def build(staging: Path, version: int) -> Manifest:
-        return write_bundle(staging, version, config, dataset, prepared, classifier, state, workdir, training_seconds)
+        return write_bundle(staging, version, fitted, review)
 
-    folder = repository.publish(repo, config.name, build)
+    folder = repository.publish(repo, fitted.config.name, build)
     return folder, Manifest.read(folder)
 
 
-def write_bundle(
-    staging: Path,
-    version: int,
-    config: TrainConfig,
-    dataset: data.Dataset,
-    prepared: Prepared,
-    classifier: Classifier,
-    state,
-    workdir: Path,
-    training_seconds: float,
-) -> Manifest:
+def train(
+    config: TrainConfig, repo: Path, workdir: Path, resume: bool = False, progress: bool = True
+) -> tuple[Path, Manifest]:
+    """Train per `config` (continuing from `workdir/last.pt` if `resume`) and publish the next version."""
+    return publish(fit(config, workdir, resume, progress), repo)
+
+
+def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | None = None) -> Manifest:
     """Every file of a version, the manifest last (it hashes the others)."""
+    config, dataset, prepared, classifier = fitted.config, fitted.dataset, fitted.prepared, fitted.classifier
+    state, workdir, training_seconds = fitted.state, fitted.workdir, fitted.training_seconds
     n_features, classes = len(prepared.features), prepared.classes
     identity = {"name": config.name, "version": version, "features": prepared.features, "classes": classes}
     metadata = onnx_metadata(**identity)
@@ -83,11 +105,12 @@ def write_bundle(
     model_path = staging / repository.MODEL_FILE
     export.export_classifier(classifier, n_features, metadata, model_path)
     parity = export.check_classifier_parity(model_path, classifier, prepared.test.X)
+    reviewed = review(model_path) if review else {}
     export.export_scaler(prepared.scaler, n_features, staging / repository.SCALER_FILE, prepared.test.X)
     export.export_label_decoder(prepared.encoder, classes, staging / repository.LABEL_ENCODER_FILE)
     shutil.copyfile(Path(workdir) / checkpoint.BEST, staging / repository.CHECKPOINT_FILE)
 
-    probabilities = _onnx_probabilities(model_path, prepared.test.X)
+    probabilities = onnx_probabilities(model_path, prepared.test.X)
     probe = Probe(inputs=prepared.test.X[:PROBE_ROWS].tolist(), probabilities=probabilities[:PROBE_ROWS].tolist())
     metrics = evaluate.evaluate(probabilities, prepared.test.y, classes)
     evaluate.plot_curves(state.history, state.best_epoch, staging / CURVES_FILE)
@@ -102,6 +125,7 @@ def write_bundle(
         "parity_max_abs_diff": parity,
         "training_seconds": training_seconds,
         "config": config.model_dump(mode="json"),
+        **reviewed,
     }
     (staging / repository.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -128,6 +152,6 @@ def write_bundle(
     return manifest
 
 
-def _onnx_probabilities(path: Path, X: np.ndarray) -> np.ndarray:
+def onnx_probabilities(path: Path, X: np.ndarray) -> np.ndarray:
     session = export.onnx_session(path)
     return session.run(["probabilities"], {"features": np.ascontiguousarray(X, dtype=np.float32)})[0]
