@@ -223,5 +223,8 @@ class Registry:
             return pinned
         ready = [v for v in versions.values() if v.state == "READY"]
         if not ready:
-            raise ModelNotReady(f"model {name!r} has no loadable version", field="model", got=name)
+            reasons = sorted({v.reason or "" for v in versions.values()})
+            raise ModelNotReady(
+                f"model {name!r} has no loadable version: {'; '.join(reasons)}", field="model", got=name
+            )
         return max(ready, key=lambda v: v.version)  # a broken pinned version never answers: newest READY does

@@ -29,8 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def republish(source: Path, repo: Path, name: str) -> Path:
-    """Publish a copy of an existing bundle as the next version of `name`: metadata and hashes rewritten."""
+def republish(source: Path, repo: Path, name: str, corrupt: bool = False) -> Path:
+    """Publish a copy of an existing bundle as the next version of `name`: metadata and hashes rewritten.
+
+    With `corrupt`, model.onnx is damaged after hashing, inside the atomic publish: the version appears
+    broken from its first moment, as a half-copied or tampered upload would be.
+    """
     template = json.loads(Manifest.read(source).model_dump_json())
 
     def build(staging: Path, version: int) -> Manifest:
@@ -43,6 +47,8 @@ def republish(source: Path, repo: Path, name: str) -> Path:
         files = {p.name: sha256_file(p) for p in staging.iterdir()}
         manifest = Manifest.model_validate({**template, "name": name, "version": version, "files": files})
         manifest.write(staging)
+        if corrupt:
+            (staging / repository.MODEL_FILE).write_bytes(b"not an onnx graph")
         return manifest
 
     return repository.publish(repo, name, build)

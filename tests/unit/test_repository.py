@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from bundle import repository
-from bundle.integrity import BundleError, check_bundle
+from bundle.integrity import BundleError, check_bundle, check_probe, open_session
 from bundle.manifest import Manifest
 from tests.conftest import ROOT
 
@@ -133,3 +133,15 @@ def test_check_bundle_refuses_a_graph_that_is_not_onnx_even_with_a_matching_hash
     Manifest.model_validate({**json.loads(manifest.model_dump_json()), "files": files}).write(bundle_copy)
     with pytest.raises(BundleError, match="not a loadable ONNX model"):
         check_bundle(bundle_copy)
+
+
+def test_the_parity_probe_recorded_at_training_must_still_hold(bundle_copy):
+    manifest = Manifest.read(bundle_copy)
+    assert manifest.probe is not None and len(manifest.probe.inputs) == 8
+    session = open_session(bundle_copy / "model.onnx")
+    check_probe(session, manifest, bundle_copy / "model.onnx")  # as trained: passes
+    shifted = [[p + 0.01 for p in row] for row in manifest.probe.probabilities]
+    drifted = manifest.model_copy(update={"probe": manifest.probe.model_copy(update={"probabilities": shifted})})
+    with pytest.raises(BundleError, match=r"parity probe differs from training by 1\.0") as error:
+        check_probe(session, drifted, bundle_copy / "model.onnx")
+    assert error.value.reason == "parity_mismatch"
