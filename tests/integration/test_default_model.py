@@ -1,5 +1,6 @@
 """The bundle shipped in models/ is what `make run` serves on a fresh machine: it must verify."""
 
+from bundle.manifest import Manifest
 from bundle.repository import model_names, versions
 from tests.conftest import ROOT, run_cli
 
@@ -9,3 +10,4 @@ def test_shipped_default_model_verifies():
     for version in versions(ROOT / "models", "iris"):
         result = run_cli("verify", str(ROOT / "models" / "iris" / str(version)))
         assert result.returncode == 0, result.stderr
+        assert Manifest.read(ROOT / "models" / "iris" / str(version)).probe is not None  # servers re-run it at load
