@@ -82,5 +82,6 @@ class Reloader:
             for label, share in entry.manifest.class_prior.items():
                 metrics.class_prior.labels(name, str(version), label).set(share)
         self._published = set(ready)
+        served = self._served()
         for name in self.registry.models:
-            metrics.served_version.labels(name).set(self._served().get(name, 0))
+            metrics.served_version.labels(name).set(served.get(name, 0))

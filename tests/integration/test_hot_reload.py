@@ -66,21 +66,32 @@ def repo(trained, tmp_path):
 def test_retrain_rollback_and_a_corrupted_version_under_load(repo, tmp_path):
     server = Server(repo, "--poll-interval", "0.2", "--workers", "2")
     load = Load(server.url)
+    phases = []  # (from, to, version): every request sent in between must be answered by that version
+
+    def expect(version: int, change_started: float) -> None:
+        load.wait_for_version(version, after=change_started)
+        seen = time.monotonic()  # a request sent from now on is validated after the switch
+        time.sleep(0.5)
+        phases.append((seen, time.monotonic(), version))
+
     try:
+        started = time.monotonic()
         retrained = run_cli("retrain", "--name", "iris", "--repository", str(repo), "--workdir", str(tmp_path / "run"),
                             "--quiet")  # fmt: skip
         assert retrained.returncode == 0, retrained.stdout + retrained.stderr
-        to_v2 = load.wait_for_version(2)
+        expect(2, started)
 
+        started = time.monotonic()
         rolled_back = run_cli("rollback", "--name", "iris", "--repository", str(repo))
         assert rolled_back.returncode == 0, rolled_back.stderr
-        to_v1 = load.wait_for_version(1, after=to_v2)
+        expect(1, started)
 
+        started = time.monotonic()
         republish(repo / "iris" / "1", repo, "iris", corrupt=True)  # v3: broken from its first moment
         unpinned = run_cli("rollback", "--name", "iris", "--unpin", "--repository", str(repo))
         assert unpinned.returncode == 0 and "version 2 answers by default" in unpinned.stdout
-        back_to_v2 = load.wait_for_version(2, after=to_v1)
-        time.sleep(1.5)  # several more polls with the broken v3 in the repository
+        expect(2, started)
+        time.sleep(1.0)  # several more polls with the broken v3 in the repository
     finally:
         answers = load.stop()
         scrape = Scrape.of(server.url)
@@ -92,7 +103,8 @@ def test_retrain_rollback_and_a_corrupted_version_under_load(repo, tmp_path):
     assert Counter(status for _, status, _ in answers) == {200: len(answers)}  # zero failed requests
     assert {v for _, _, v in answers} == {1, 2}  # the corrupted v3 never answered
     # Once a version has answered, every request sent afterwards (until the next change) got it.
-    for start, end, version in [(to_v2, to_v1, 2), (to_v1, back_to_v2, 1), (back_to_v2, float("inf"), 2)]:
+    assert [version for _, _, version in phases] == [2, 1, 2]
+    for start, end, version in phases:
         assert {v for sent, _, v in answers if start < sent < end} == {version}
 
     (iris,) = listing["models"]

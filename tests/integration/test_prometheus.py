@@ -36,6 +36,15 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([tool("promtool"), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
 
 
+def shipped_rules() -> list[dict]:
+    return [
+        rule
+        for path in PROMETHEUS.glob("rules/*.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
 def test_promtool_accepts_the_config_and_rules():
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", *map(str, PROMETHEUS.glob("rules/*.yml"))]):
         result = promtool(*args)
@@ -43,13 +52,7 @@ def test_promtool_accepts_the_config_and_rules():
 
 
 def test_every_alert_has_promtool_unit_tests_that_pass():
-    alerts = {
-        rule["alert"]
-        for path in PROMETHEUS.glob("rules/*.yml")
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-        if "alert" in rule
-    }
+    alerts = {rule["alert"] for rule in shipped_rules() if "alert" in rule}
     cases = [
         case
         for path in PROMETHEUS.glob("tests/*.yml")
@@ -189,13 +192,7 @@ def test_every_dashboard_query_runs_and_names_only_metrics_we_export(observed):
                 for suffix in ("_bucket", "_sum", "_count")}  # fmt: skip
     exported |= {m.describe()[0].name for m in vars(metrics).values() if hasattr(m, "_labelnames")}
     exported |= {name + "_total" for name in exported}
-    recorded = {
-        rule["record"]
-        for path in PROMETHEUS.glob("rules/*.yml")
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-        if "record" in rule
-    }
+    recorded = {rule["record"] for rule in shipped_rules() if "record" in rule}
     queries = panel_queries()
     assert len(queries) >= 12
     for expr in queries:
