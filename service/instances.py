@@ -65,15 +65,24 @@ def decode_instances(body: bytes, spec: InputSpec) -> np.ndarray:
     return _positional(rows, spec)
 
 
+def _wrong_type(field: str, expected: str, value: Any, wanted: str) -> InvalidInput:
+    got = type(value).__name__
+    return InvalidInput(
+        f"{field}: expected {wanted}, got {got}", reason="wrong_type", field=field, expected=expected, got=got
+    )
+
+
+def _mixed_rows(i: int) -> InvalidInput:
+    return InvalidInput(
+        f"instances[{i}]: rows must be all positional lists or all named objects, not both",
+        reason="wrong_type",
+        field=f"instances[{i}]",
+    )
+
+
 def _instances_field(payload: Any, spec: InputSpec) -> list:
     if not isinstance(payload, dict):
-        raise InvalidInput(
-            f"body: expected a JSON object with an 'instances' list, got {type(payload).__name__}",
-            reason="wrong_type",
-            field="body",
-            expected="object",
-            got=type(payload).__name__,
-        )
+        raise _wrong_type("body", "object", payload, "a JSON object with an 'instances' list")
     unknown = sorted(set(payload) - {"instances"})
     if "instances" not in payload:
         hint = f"; got unknown fields {unknown}" if unknown else ""
@@ -84,13 +93,7 @@ def _instances_field(payload: Any, spec: InputSpec) -> list:
         )
     rows = payload["instances"]
     if not isinstance(rows, list):
-        raise InvalidInput(
-            f"instances: expected a list of rows, got {type(rows).__name__}",
-            reason="wrong_type",
-            field="instances",
-            expected="list",
-            got=type(rows).__name__,
-        )
+        raise _wrong_type("instances", "list", rows, "a list of rows")
     if not rows:
         raise InvalidInput("instances: empty; send at least one row", reason="empty", field="instances")
     if len(rows) > spec.max_rows:
@@ -128,11 +131,7 @@ def _positional(rows: list, spec: InputSpec) -> np.ndarray:
     n = spec.n_features
     for i, row in enumerate(rows):
         if isinstance(row, dict):
-            raise InvalidInput(
-                f"instances[{i}]: rows must be all positional lists or all named objects, not both",
-                reason="wrong_type",
-                field=f"instances[{i}]",
-            )
+            raise _mixed_rows(i)
         if not isinstance(row, list):
             raise InvalidInput(
                 f"instances[{i}]: expected a list of {n} numbers or an object of features, got {describe(row)}",
@@ -158,11 +157,7 @@ def _named(rows: list, spec: InputSpec) -> np.ndarray:
     array = np.empty((len(rows), spec.n_features), dtype=np.float32)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise InvalidInput(
-                f"instances[{i}]: rows must be all positional lists or all named objects, not both",
-                reason="wrong_type",
-                field=f"instances[{i}]",
-            )
+            raise _mixed_rows(i)
         missing = [f for f in spec.features if f not in row]
         if missing:
             raise InvalidInput(

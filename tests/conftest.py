@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,14 @@ def trained(tmp_path_factory):
     config = TrainConfig(name="iris", dataset="iris", max_epochs=40)
     folder, manifest = pipeline.train(config, tmp / "models", tmp / "run", progress=False)
     return folder, manifest, tmp / "models"
+
+
+def require_tool(name: str) -> str:
+    """An external program the tests run for real (on PATH, or installed into this venv); fail, never skip."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.fail(f"{name} is not installed: `make setup tools` installs it")
+    return path
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

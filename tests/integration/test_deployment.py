@@ -8,13 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_tool
 from tests.serving import free_port
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -33,13 +34,6 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 """
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if path is None:
-        pytest.fail(f"{name} is not installed: `make setup tools` installs it")
-    return path
 
 
 def dockerfile_stages(path: Path) -> list[list[str]]:
@@ -64,14 +58,14 @@ def dockerfile_env(stage: list[str]) -> dict[str, str]:
 
 
 def test_compose_file_validates():
-    result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True,
-                            text=True, cwd=ROOT)  # fmt: skip
+    command = [require_tool("docker-compose"), "-f", str(COMPOSE_FILE), "config", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("dockerfile", sorted(DOCKER.glob("*.Dockerfile")), ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint_and_our_rules(dockerfile):
-    result = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+    result = subprocess.run([require_tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     stages = dockerfile_stages(dockerfile)
     for stage in stages:
@@ -148,7 +142,7 @@ def test_the_serving_container_command_runs_without_torch_and_passes_its_health_
             if subprocess.run(health, env=env, capture_output=True).returncode == 0:
                 break
             assert process.poll() is None, process.stdout.read().decode()
-            subprocess.run(["sleep", "0.5"])
+            time.sleep(0.5)
         else:
             pytest.fail("the compose health check never passed")
         response = httpx.post(f"http://127.0.0.1:{port}/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]})

@@ -5,7 +5,6 @@ every Grafana panel's query runs against that Prometheus."""
 import json
 import math
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from service import metrics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_tool
 from tests.serving import Server, free_port
 
 DEPLOY = ROOT / "deploy"
@@ -25,15 +24,10 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tabserve.json"
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: `make tools` installs Debian's prometheus package")
-    return path
-
-
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("promtool"), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [require_tool("promtool"), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120
+    )
 
 
 def shipped_rules() -> list[dict]:
@@ -80,8 +74,8 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = open(folder / "prometheus.log", "w")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
-            [tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-             f"--web.listen-address={self.url.removeprefix('http://')}"],
+            [require_tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}",
+             f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={self.url.removeprefix('http://')}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.wait(lambda: httpx.get(self.url + "/-/ready", timeout=1).status_code == 200, "ready")
