@@ -11,15 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from queue import Empty
 from typing import Any, NamedTuple
 
 import numpy as np
 from litserve.loops import BatchedLoop
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
-from litserve.utils import LitAPIStatus, LoopResponseType
+
+from service.transport import WorkerPort
 
 log = logging.getLogger("tabserve.batching")
 
@@ -37,6 +35,8 @@ class Job(NamedTuple):
     request_id: str
     infer: Any = None  # the decoded `oip.InferRequest` for "infer" jobs
     generation: int = 0  # of the HTTP process's registry when the job was validated (service/reload.py)
+    arrival: float = 0.0  # time.monotonic() when the request arrived (CLOCK_MONOTONIC: the same in every process)
+    deadline: float = float("inf")  # not run after this (service/deadlines.py)
 
     @property
     def rows(self) -> int:
@@ -116,8 +116,9 @@ def run_calls(jobs: list[Job], calls: list[Call], predict) -> list[np.ndarray | 
 class NoWaitBatchedLoop(BatchedLoop):
     """Block for the first request, take what is queued (up to the row budget), answer each request alone.
 
-    Relies on LitServe 0.2.19's queue item `(response_queue_id, uid, enqueued_at, payload)` and response
-    tuple; `litserve` is pinned and tests/unit/test_batching.py runs this loop against LitServe's queues.
+    Requests arrive on the worker's links (service/transport.py) as `(link, slot, job)`. A job whose client
+    has gone (its slot cancelled) or whose deadline has passed is answered without being run. LitServe calls
+    this with its `request_queue`, which is our `Wiring`; tests/unit/test_batching.py runs it for real.
     """
 
     def __init__(self, max_batch_rows: int, max_batch_delay: float):
@@ -125,43 +126,43 @@ class NoWaitBatchedLoop(BatchedLoop):
         self.max_batch_rows = max_batch_rows
         self.max_batch_delay = max_batch_delay
 
-    def take(self, request_queue) -> Iterator[tuple[str, str, float, Job]]:
-        item = request_queue.get()  # blocks without polling: no CPU while idle
+    def take(self, port: WorkerPort) -> list[tuple[int, int, Job]]:
+        batch = port.get()  # blocks without polling: no CPU while idle
         deadline = time.monotonic() + self.max_batch_delay
-        rows = 0
-        while True:
-            if item == _SENTINEL_VALUE:
-                raise _StopLoopError()
-            yield item
-            rows += item[3].rows
-            if rows >= self.max_batch_rows:
-                return
-            try:
-                remaining = deadline - time.monotonic()
-                item = request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get_nowait()
-            except Empty:
-                return
+        rows = sum(job.rows for _, _, job in batch)
+        while rows < self.max_batch_rows:
+            more = port.get(timeout=max(0.0, deadline - time.monotonic()))
+            if not more:
+                break
+            batch += more
+            rows += sum(job.rows for _, _, job in more)
+        return batch
 
-    def __call__(
-        self,
-        lit_api,
-        device,
-        worker_id,
-        request_queue,
-        transport,
-        workers_setup_status,
-        callback_runner,
-        *args,
-        **kwargs,
-    ):
+    def __call__(self, lit_api, device, worker_id, request_queue, transport, *args, **kwargs):
+        port = request_queue.port(worker_id)
         while True:
             try:
-                batch = list(self.take(request_queue))
-            except _StopLoopError:
-                return
-            except (EOFError, OSError, BrokenPipeError):
-                return  # the queue's owner is gone: the server is shutting down
-            jobs = [payload for _, _, _, payload in batch]
-            answers = lit_api.answer(jobs, [time.monotonic() - enqueued for _, _, enqueued, _ in batch])
-            for (response_queue_id, uid, _, _), answer in zip(batch, answers, strict=True):
-                self.put_response(transport, response_queue_id, uid, answer, LitAPIStatus.OK, LoopResponseType.REGULAR)
+                batch = self.take(port)
+            except (EOFError, OSError):
+                return  # the other ends are gone: the server is shutting down
+            runnable = []
+            for link, slot, job in batch:
+                if (dropped := drop_reason(port, link, slot, job)) is None:
+                    runnable.append((link, slot, job))
+                else:
+                    port.answer(link, slot, lit_api.dropped(job, dropped))
+            if not runnable:
+                continue
+            now = time.monotonic()
+            answers = lit_api.answer([job for _, _, job in runnable], [now - job.arrival for _, _, job in runnable])
+            for (link, slot, _), answer in zip(runnable, answers, strict=True):
+                port.answer(link, slot, answer)
+
+
+def drop_reason(port: WorkerPort, link: int, slot: int, job: Job) -> str | None:
+    """Why this job must not run: its client is gone (`cancelled`) or its deadline passed; None: run it."""
+    if port.cancelled(link, slot):
+        return "cancelled"
+    if time.monotonic() > job.deadline:
+        return "deadline_exceeded"
+    return None

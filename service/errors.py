@@ -76,6 +76,37 @@ class ModelNotReady(ServiceError):
     reason = "model_not_ready"
 
 
+class Unavailable(ServiceError):
+    """The request was fine but was not run: the server is shedding load. Always answered with `Retry-After`."""
+
+    status = 503
+    reason = "overloaded"
+    retry_after = 1
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **details: Any):
+        super().__init__(message, **details)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class Overloaded(Unavailable):
+    """More work waits for the workers (or is being read) than the configured bounds allow."""
+
+    reason = "overloaded"
+
+
+class DeadlineExceeded(Unavailable):
+    """The request's deadline (its timeout, or the default maximum queue time) passed before inference."""
+
+    reason = "deadline_exceeded"
+
+
+class WorkerUnavailable(Unavailable):
+    """The inference worker holding the request died, or none is running (a replacement is starting)."""
+
+    reason = "worker_unavailable"
+
+
 def describe(value: Any) -> str:
     """A short, safe rendering of a client value for an error message (never the whole payload)."""
     text = repr(value)

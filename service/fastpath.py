@@ -1,9 +1,10 @@
-"""The hot path: prediction requests go from raw ASGI to LitServe's request queue, without FastAPI in between.
+"""The hot path: prediction requests go from raw ASGI to a worker's pipe, without FastAPI in between.
 
 FastAPI routing, dependency solving and pydantic on every row cost more than the model itself (shared/
-REFERENCE.md), so this middleware answers the prediction routes directly: it reads the body (bounded),
-validates it against the model's manifest, and only a valid request becomes a `Job` on LitServe's queue.
-Its answer comes back over the response pipe (service/transport.py). Every other route falls through to FastAPI.
+REFERENCE.md), so this middleware answers the prediction routes directly: admission (service/admission.py),
+the body read within a byte budget, validation against the model's manifest (off the event loop for large
+bodies), a deadline (service/deadlines.py), and only then a `Job` for a worker (service/dispatch.py). While the
+answer is awaited, a client that disconnects cancels its job. Every other route falls through to FastAPI.
 """
 
 from __future__ import annotations
@@ -15,47 +16,91 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
-from service import metrics, oip
+from service import deadlines, metrics, oip
+from service.admission import Admission
 from service.batching import Job
-from service.errors import ModelNotFound, PayloadTooLarge, ServiceError, Unauthorized, UnsupportedMediaType
+from service.dispatch import Dispatcher
+from service.errors import (
+    ModelNotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from service.instances import decode_instances
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
 from service.settings import Settings
-from service.transport import Responses
 
-PREDICT = re.compile(r"^/(?:predict|v1/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/predict)$")
+PREDICT = re.compile(
+    r"^/(?:predict|v1/models/(?P<name>[^/:]+)(?::predict|/predict|/versions/(?P<version>[^/]+)/predict))$"
+)
 INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/health"})
 """Routes answered without an API key: health probes must work for orchestrators that hold no secret."""
 
-ANSWER_TIMEOUT = 60.0
+ANSWER_GRACE = 60.0
+"""Seconds past its deadline a request waits for the worker's answer before giving up: the job may have started
+just before its deadline, and a live worker always answers (a dead one is noticed at once, service/dispatch.py)."""
+
+DECODE_INLINE_BYTES = 64 * 1024
+"""Bodies up to this size are decoded on the event loop (well under a millisecond); larger ones in a thread,
+so health probes and small requests keep being answered while a large body is parsed."""
+
 log = logging.getLogger("tabserve.fastpath")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 @dataclass
 class Gateway:
-    """What the fast path shares with the rest of the API process: settings, models, and the LitServer."""
+    """What the fast path shares with the rest of the HTTP process: settings, models, workers, and the LitServer.
+
+    The dispatcher, admission control and decoding thread exist only in the HTTP process, once its event loop
+    runs (`start`): LitServe forks that process from this one, and neither threads nor pidfds survive a fork.
+    """
 
     settings: Settings
     registry: Registry
-    server: Any = None  # the LitServer; its queues exist only after run(), so they are looked up per request
-    api_path: str = "/predict"
+    server: Any = None  # the LitServer; its wiring exists only after run()
     api_keys: frozenset[bytes] = field(default_factory=frozenset)
     reloader: Reloader | None = None
-    responses: Responses | None = None
-    uids: Iterator[int] = field(default_factory=itertools.count)
+    dispatcher: Dispatcher | None = None
+    admission: Admission | None = None
+    decoder: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
         if self.settings.api_key is not None:
             self.api_keys = frozenset({self.settings.api_key.get_secret_value().encode()})
+
+    def start(self) -> None:
+        """In the HTTP process, at ASGI lifespan startup."""
+        if self.dispatcher is not None:
+            return
+        server, settings = self.server, self.settings
+        http_processes = len(server.wiring.links)
+        self.dispatcher = Dispatcher(server.wiring, server.app.response_queue_id)
+        self.admission = Admission(
+            self.dispatcher,
+            max(settings.max_body_bytes, settings.max_pending_bytes // http_processes),
+            max(1, settings.max_queue_rows // http_processes),
+        )
+        self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tabserve-decode")
+        self.reloader.start()
+
+    def ready(self) -> bool:
+        return self.dispatcher is not None and bool(self.dispatcher.live())
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         if not self.api_keys:
@@ -64,22 +109,48 @@ class Gateway:
         token = bearer[7:] if bearer[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
         return token in self.api_keys
 
-    async def submit(self, job: Job) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """Queue a validated job for the workers (LitServe's request tuple) and wait for its answer."""
-        server = self.server
-        if self.responses is None:  # first request in this API process: its queues exist now
-            self.responses = Responses(server._transport.channels[server.app.response_queue_id])
-        uid = next(self.uids)
-        future = self.responses.expect(uid)  # registered before the put, so the answer cannot arrive first
+    async def submit(self, job: Job, client_gone: Awaitable | None = None) -> tuple[int, bytes, list]:
+        """Queue a validated job at the least busy worker and wait for its answer.
+
+        `client_gone` completes when nobody waits any more (an HTTP disconnect): the job is then cancelled
+        on the worker's board, and skipped if it has not run yet.
+        """
+        now = time.monotonic()
+        if now > job.deadline:
+            raise deadlines.expired(job.arrival, job.deadline, now)
+        connection = self.admission.worker_for(job.rows)
+        slot, future = connection.send(job, job.rows)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, ServiceError("no answer from the "
+                             "inference worker in time", reason="timeout"))  # fmt: skip
+        watch = asyncio.ensure_future(client_gone) if client_gone is not None else None
+        if watch is not None:
+            watch.add_done_callback(lambda _: _fail(future, ClientGone()))
         try:
-            await server._get_request_queue(self.api_path).aput(
-                (server.app.response_queue_id, uid, time.monotonic(), job)
-            )
-            return await asyncio.wait_for(future, ANSWER_TIMEOUT)
-        except TimeoutError:
-            raise ServiceError("no answer from the inference worker in time", reason="timeout") from None
+            return await future
+        except ClientGone:
+            connection.cancel(slot)
+            raise
         finally:
-            self.responses.forget(uid)
+            timer.cancel()
+            if watch is not None:
+                watch.cancel()
+
+    async def decode(self, size: int, function, *args):
+        if size <= DECODE_INLINE_BYTES:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
+
+
+def _fail(future: asyncio.Future, error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+async def _disconnected(receive) -> None:
+    """Completes when the client disconnects (the body has been read, so that is all `receive` can say)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def parse_version(text: str | None) -> int | None:
@@ -110,7 +181,7 @@ class FastPath:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":  # the HTTP process is starting: its event loop runs from here on
-            self.gateway.reloader.start()
+            self.gateway.start()
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -138,23 +209,19 @@ class FastPath:
 
     async def predict(self, kind: str, match: re.Match, headers: dict, request_id: bytes, receive, send) -> None:
         """Answer one prediction request, whatever happens, and record it (metrics.py)."""
-        start = time.perf_counter()
+        start, arrival = time.perf_counter(), time.monotonic()
         metrics.requests_in_flight.inc()
-        model = None
+        model, status = None, 499  # nginx's "client closed request": nobody is left to answer
         try:
-            if not self.gateway.authorized(headers):
-                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-            model = self.gateway.registry.get(match.group("name"), parse_version(match.group("version")))
-            status, body, extra = await self.handle(kind, model, headers, request_id.decode(), receive)
-        except ServiceError as e:
-            status, body, extra = e.status, orjson.dumps(e.body()), [(b"content-type", b"application/json")]
-            if status < 500:
-                metrics.input_rejected_total.labels(model.name if model else "", e.reason).inc()
-        except Exception:  # a bug, not a client mistake: log it, answer 500, keep serving
-            log.exception("unexpected error on %s", match.string)
-            error = ServiceError("internal server error")
-            status, body, extra = 500, orjson.dumps(error.body()), [(b"content-type", b"application/json")]
-        try:
+            try:
+                if not self.gateway.authorized(headers):
+                    raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+                model = self.gateway.registry.get(match.group("name"), parse_version(match.group("version")))
+                status, body, extra = await self.handle(kind, model, headers, request_id.decode(), arrival, receive)
+            except ClientGone:
+                return
+            except Exception as e:
+                status, body, extra = refusal(e, model.name if model else "", match.string)
             await _respond(send, status, body, [*extra, (b"x-request-id", request_id)])
         finally:
             metrics.requests_in_flight.dec()
@@ -162,19 +229,54 @@ class FastPath:
             metrics.requests_total.labels(name, version, kind, str(status)).inc()
             metrics.request_duration_seconds.labels(name, kind).observe(time.perf_counter() - start)
 
-    async def handle(self, kind: str, model: ModelVersion, headers: dict, request_id: str, receive):
+    async def handle(self, kind: str, model: ModelVersion, headers: dict, request_id: str, arrival: float, receive):
+        gateway, settings = self.gateway, self.gateway.settings
         header_length = headers.get(oip.HEADER_LENGTH.encode())
         _check_content_type(headers, binary_allowed=header_length is not None)
-        body = await _read_body(receive, headers, self.gateway.settings.max_body_bytes)
-        if kind == "predict":
-            features, infer = decode_instances(body, model.spec), None
-        else:
-            infer = oip.decode_infer(body, header_length.decode() if header_length else None, model.spec)
-            features = infer.features
-            if infer.id is None:
-                infer = oip.InferRequest(features=features, id=request_id, outputs=infer.outputs)
-        job = Job(kind, model.name, model.version, features, request_id, infer, self.gateway.reloader.generation)
-        return await self.gateway.submit(job)
+        deadline = deadlines.from_headers(arrival, settings.max_queue_time_ms / 1000, headers)
+        declared = _declared_length(headers, settings.max_body_bytes)
+        with gateway.admission.body(declared) as reservation:
+            gateway.admission.check_room()
+            body = await _read_body(receive, reservation, settings.max_body_bytes)
+            if kind == "predict":
+                features, infer = await gateway.decode(len(body), decode_instances, body, model.spec), None
+            else:
+                length = header_length.decode() if header_length else None
+                infer = await gateway.decode(len(body), oip.decode_infer, body, length, model.spec)
+                features, deadline = infer.features, deadlines.shorten(deadline, arrival, infer.timeout_us)
+                if infer.id is None:
+                    infer = replace(infer, id=request_id)
+        generation = gateway.reloader.generation
+        job = Job(kind, model.name, model.version, features, request_id, infer, generation, arrival, deadline)
+        return await gateway.submit(job, _disconnected(receive))
+
+
+def refusal(error: Exception, model: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """An error as a JSON answer (a 500 only for a bug, logged), counted by why it was refused."""
+    if not isinstance(error, ServiceError):
+        log.error("unexpected error on %s", path, exc_info=error)
+        error = ServiceError("internal server error")
+    extra = [(b"content-type", b"application/json")]
+    if isinstance(error, Unavailable):
+        metrics.requests_dropped_total.labels(model, error.reason).inc()
+        extra.append((b"retry-after", str(error.retry_after).encode()))
+    elif error.status < 500:
+        metrics.input_rejected_total.labels(model, error.reason).inc()
+    return error.status, orjson.dumps(error.body()), extra
+
+
+def _declared_length(headers: dict, limit: int) -> int:
+    declared = headers.get(b"content-length")
+    if declared is None or not declared.isdigit():
+        return 0
+    if int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {int(declared)} bytes exceeds the limit of {limit} bytes",
+            reason="body_too_large",
+            expected=limit,
+            got=int(declared),
+        )
+    return int(declared)
 
 
 def _check_content_type(headers: dict, binary_allowed: bool) -> None:
@@ -189,24 +291,18 @@ def _check_content_type(headers: dict, binary_allowed: bool) -> None:
         )
 
 
-async def _read_body(receive, headers: dict, limit: int) -> bytes:
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"body of {int(declared)} bytes exceeds the limit of {limit} bytes",
-            reason="body_too_large",
-            expected=limit,
-            got=int(declared),
-        )
+async def _read_body(receive, reservation, limit: int) -> bytes:
+    """The whole body, its bytes held by `reservation` (admission control) as they arrive."""
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ServiceError("client disconnected", reason="disconnected")
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", reason="body_too_large", expected=limit)
+        reservation.grow(size)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -74,6 +74,16 @@ input_rejected_total = Counter(
     "Requests refused with a 4xx before reaching the model, by reason (see the `reason` field of error bodies).",
     ["model", "reason"],
 )
+requests_dropped_total = Counter(
+    "tabserve_requests_dropped_total",
+    "Requests answered without running the model, by reason: overloaded (admission control refused it), "
+    "deadline_exceeded (its timeout passed before inference), cancelled (its client disconnected first), "
+    "worker_unavailable (the worker holding it died, or none was running).",
+    ["model", "reason"],
+)
+worker_restarts_total = Counter(
+    "tabserve_worker_restarts_total", "Inference workers that died (crash, OOM kill, signal) and were replaced."
+)
 predictions_total = Counter(
     "tabserve_predictions_total",
     "Rows predicted, by predicted label: the live class mix.",

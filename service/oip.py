@@ -34,6 +34,7 @@ class InferRequest:
     features: np.ndarray  # float32 [N, n_features]
     id: str | None
     outputs: tuple[RequestedOutput, ...]
+    timeout_us: int | None = None  # `parameters.timeout`: Triton's per-request deadline (service/deadlines.py)
 
 
 def _bad(message: str, reason: str, **details: Any) -> BadRequest:
@@ -70,7 +71,24 @@ def decode_infer(body: bytes, header_length: str | None, spec: InputSpec) -> Inf
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f"id: expected a string, got {describe(request_id)}", "wrong_type", field="id")
-    return InferRequest(features=features, id=request_id, outputs=_requested_outputs(request))
+    timeout = _timeout(request)  # first: it also checks that `parameters` is an object
+    return InferRequest(features=features, id=request_id, outputs=_requested_outputs(request), timeout_us=timeout)
+
+
+def _timeout(request: dict) -> int | None:
+    parameters = request.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise _bad("parameters: expected an object", "wrong_type", field="parameters")
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return None
+    if type(timeout) is not int or timeout < 0:
+        raise _bad(
+            f"parameters.timeout: expected a non-negative integer of microseconds, got {describe(timeout)}",
+            "wrong_type",
+            field="parameters.timeout",
+        )
+    return timeout
 
 
 def _input_tensor(tensor: dict, binary: bytes, spec: InputSpec) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from litserve.utils import WorkerSetupStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bundle import repository
@@ -61,9 +60,9 @@ def _oip_metadata(gateway: Gateway, model: ModelVersion) -> schemas.OipModelMeta
 
 
 def workers_ready(gateway: Gateway) -> bool:
-    """Ready once every inference worker has loaded (or rejected) every version; LitServe records that."""
-    status = gateway.server.workers_setup_status if gateway.server else {}
-    return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+    """Ready while at least one inference worker takes requests (it announces itself once it has loaded, or
+    rejected, every version). With several workers, one being replaced does not take the server out."""
+    return gateway.ready()
 
 
 def register(app: FastAPI, gateway: Gateway) -> None:

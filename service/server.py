@@ -1,8 +1,9 @@
 """Assemble and run the server: LitServer + the inference worker + the fast path + the other routes.
 
 Process model (LitServe's): this main process, a queue manager, `workers` spawned inference workers holding
-the ONNX Runtime sessions, and one forked HTTP process. Shutdown on SIGINT or SIGTERM goes through LitServe's
-graceful path, so in-flight requests finish and no child outlives the server.
+the ONNX Runtime sessions, and one forked HTTP process. A worker that dies is replaced (service/transport.py).
+Shutdown on SIGINT or SIGTERM goes through LitServe's graceful path, so in-flight requests finish and no child
+outlives the server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from service import metrics, routes
 from service.fastpath import FastPath, Gateway
+from service.protocol import protocol_for
 from service.registry import Registry
 from service.settings import Settings
 from service.transport import PipeLitServer
@@ -37,6 +39,7 @@ def build(settings: Settings) -> ls.LitServer:
         api,
         accelerator="cpu",  # devices are ONNX Runtime's business (settings.device), not LitServe's torch probe
         workers_per_device=settings.workers,
+        restart_workers=True,  # a dead worker is replaced (PipeLitServer's monitor), never fatal
     )
     # LitServe compresses every response over 1 kB; prediction bodies are small or binary, and gzip costs more
     # CPU than it saves on loopback and in-cluster networks.
@@ -45,6 +48,7 @@ def build(settings: Settings) -> ls.LitServer:
     server.app.router.routes = [
         r for r in server.app.router.routes if not (isinstance(r, APIRoute) and r.path == api.api_path)
     ]
+    server.http_protocol = protocol_for(settings)
     # The fast path is the outermost ASGI layer: prediction requests skip Starlette's error and exception
     # middleware (it catches its own errors); every other request passes through to the full stack.
     build_stack = server.app.build_middleware_stack
@@ -95,4 +99,5 @@ def serve(settings: Settings) -> None:
         generate_client_file=False,
         log_level="warning" if settings.log_level in ("debug", "info") else settings.log_level,
         access_log=False,
+        http=server.http_protocol,
     )

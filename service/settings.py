@@ -7,17 +7,20 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="forbid", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TABSERVE_", extra="forbid", use_attribute_docstrings=True, populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     """Interface to listen on; the container sets 0.0.0.0."""
 
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1024, le=65535, validation_alias=AliasChoices("TABSERVE_PORT", "PORT"))
+    """Port to listen on; `PORT` (set by KServe and Knative) is used when TABSERVE_PORT is not set."""
 
     repository: Path = Path("models")
     """The model repository: `<repository>/<name>/<version>/` as published by `python -m training train`."""
@@ -39,6 +42,28 @@ class Settings(BaseSettings):
 
     max_rows_per_request: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    max_queue_rows: int = Field(16_384, ge=1)
+    """Admission control: rows that may wait at each inference worker (queued or running). A request that would
+    pass it is refused at once with 503 + Retry-After (a worker with nothing queued takes any request)."""
+
+    max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Admission control: bytes of request bodies being read or decoded at once, reserved from Content-Length
+    before the body is read; beyond it, 503 + Retry-After. Never less than max_body_bytes in effect."""
+
+    max_queue_time_ms: float = Field(5000.0, gt=0.0)
+    """Deadline of every request, from its arrival: past it before inference, it is never run (503
+    deadline_exceeded). `X-Request-Timeout-Ms` or OIP `parameters.timeout` (µs) may shorten it per request."""
+
+    header_timeout: float = Field(10.0, gt=0.0, le=300.0)
+    """Seconds a connection may take to send a request's headers (or stay silent before its first request);
+    then it is closed. Stops clients that trickle bytes from holding connections forever."""
+
+    body_timeout: float = Field(60.0, gt=0.0)
+    """Seconds a request's body may take to arrive once its headers are in; then the connection is closed."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Most bytes of request line and headers; more is answered 431 and the connection closed."""
 
     api_key: SecretStr | None = None
     """When set, every route except liveness requires `Authorization: Bearer <key>` or `X-API-Key: <key>`."""

@@ -1,105 +1,134 @@
-"""Pipes between the HTTP process and the inference workers, instead of LitServe's Manager queues.
+"""Pipes between the HTTP processes and the inference workers, instead of LitServe's Manager queues.
 
 LitServe sends every request and response through a `multiprocessing.Manager` process: four IPC round trips
 per request plus a thread-pool hop per response, which cost more than the model (shared/REFERENCE.md).
-`multiprocessing.Queue` is not much better here: its feeder thread (and any reader thread) must win the GIL
-from a busy event loop, which can take a whole switch interval (5 ms) per handoff.
 
-So each direction is a bare pipe (`Channel`): writers pickle and write under a lock shared by all writers;
-workers block in `recv` (no CPU while idle); and the HTTP process reads responses in its event loop
-(`loop.add_reader`, non-blocking reads), with no thread at all, and never blocks that loop on a write.
-The Manager still holds LitServe's worker status and shutdown event, which are not on the per-request path.
+Each HTTP process has its own `Link` to each worker: a request pipe, a response pipe and a cancellation board
+(shared memory, one byte per request slot). One writer and one reader per pipe means no locks at all, which is
+what lets the server survive a worker killed at any instant: a lock held by a dead process is never released,
+and a message half-read from a shared pipe corrupts the stream for every other reader. Here a dead worker's
+pipes belong to it alone: the HTTP process fails what that worker held (service/dispatch.py), and the worker's
+replacement empties its request pipes before it announces itself in `Wiring.pids`.
 
-Depends on LitServe 0.2.19's private `_init_manager`, `litapi_request_queues` and `_transport` (pinned).
+Messages use `multiprocessing.Connection`'s framing (a 4-byte big-endian length, or -1 and 8 bytes for messages
+over 2 GiB): workers use plain blocking `Connection` calls, the HTTP process reads and writes the same frames
+without ever blocking its event loop (`FrameReader`, service/dispatch.py).
+
+Depends on LitServe 0.2.19's private `_init_manager`, `litapi_request_queues`, `_transport`,
+`_start_worker_monitoring`, `launch_single_inference_worker` and `_perform_graceful_shutdown` (pinned; each is
+exercised by tests/integration/test_resilience.py and tests/unit/test_transport.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
+import logging
 import multiprocessing as mp
 import os
 import pickle
-import queue
 import struct
-import termios
+import threading
+import time
 from contextlib import suppress
+from multiprocessing.connection import wait
 from typing import Any
 
 import litserve as ls
 from litserve.transport.base import MessageTransport
 
-F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+from service import metrics
+
+log = logging.getLogger("tabserve.transport")
+
+F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
 """Large pipes let a 1000-row request be written without waiting for the reader (Linux allows 1 MiB)."""
 
+SLOTS = 4096
+"""Requests one HTTP process may have outstanding at one worker; beyond it the request is refused (overloaded)."""
 
-class Channel:
-    """A one-way pipe of pickled messages for many writers and many readers (locks make each message whole).
+CANCELLED = 1
+MONITOR_SECONDS = 0.2
+"""How often the main process looks for dead workers to replace (LitServe's default is 2 s)."""
 
-    Messages use `multiprocessing.Connection`'s framing (a 4-byte big-endian length, or -1 and 8 bytes for
-    messages over 2 GiB), so `Responses` can read the same stream incrementally from a non-blocking fd.
+
+def _pipe(context) -> tuple[Any, Any]:
+    reader, writer = context.Pipe(duplex=False)
+    with suppress(OSError):  # a smaller pipe still works, it only makes writers wait sooner
+        fcntl.fcntl(writer.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+    return reader, writer
+
+
+class Link:
+    """One HTTP process ↔ one worker: requests one way, answers the other, and a board of cancelled slots.
+
+    A request travels as `(slot, job)`; its answer as `(slot, answer)`. The slot is the request's place on the
+    board: the HTTP process sets it to CANCELLED when nobody waits for the answer any more, and the worker
+    looks before it computes.
     """
 
-    def __init__(self, context=None):
+    def __init__(self, context):
+        self.requests_reader, self.requests_writer = _pipe(context)
+        self.answers_reader, self.answers_writer = _pipe(context)
+        self.board = context.RawArray(ctypes.c_uint8, SLOTS)
+
+
+class Wiring:
+    """Every link (`links[http_process][worker]`) and each worker's current pid (0: none announced yet).
+
+    Made in the main process before anything forks or spawns; workers receive it as their request queue.
+    """
+
+    def __init__(self, http_processes: int, workers: int, context=None):
         context = context or mp.get_context("spawn")
-        self._reader, self._writer = context.Pipe(duplex=False)
-        self._read_lock, self._write_lock = context.Lock(), context.Lock()
-        with suppress(OSError):  # a smaller pipe still works, it only blocks writers sooner
-            fcntl.fcntl(self._writer.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
-        self._capacity = fcntl.fcntl(self._writer.fileno(), F_GETPIPE_SZ)
+        self.links = [[Link(context) for _ in range(workers)] for _ in range(http_processes)]
+        self.pids = context.RawArray(ctypes.c_int, workers)
 
-    def put(self, item: Any) -> None:
-        self._send(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+    @property
+    def workers(self) -> int:
+        return len(self.pids)
 
-    async def aput(self, item: Any) -> None:
-        """`put` from an event loop, which must never block: it is also what reads the workers' answers.
+    def port(self, worker_id: int) -> WorkerPort:
+        return WorkerPort(self, worker_id)
 
-        Blocking here could deadlock: a worker blocked writing answers to a full response pipe stops reading
-        requests, so a loop blocked writing a request to a full request pipe would never read those answers.
-        A message that fits in the pipe's free space is written at once; a larger one is written by a thread.
-        """
-        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        if self._fits(len(data)) and self._write_lock.acquire(block=False):
-            try:
-                self._writer.send_bytes(data)
-            finally:
-                self._write_lock.release()
-        else:
-            await asyncio.to_thread(self._send, data)
 
-    def _send(self, data: bytes) -> None:
-        with self._write_lock:
-            self._writer.send_bytes(data)
+class WorkerPort:
+    """A worker's end of its links: read requests from every HTTP process, answer each on its own link."""
 
-    def _fits(self, size: int) -> bool:
-        """Whether `size` more bytes (plus framing) fit in the pipe now. Valid while this process is the
-        only writer, as the single HTTP process is for the request pipe: readers only make more room."""
-        fd = self._writer.fileno()
-        queued = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-        return queued + size + 12 <= self._capacity
+    def __init__(self, wiring: Wiring, worker_id: int):
+        self.links = [links[worker_id] for links in wiring.links]
+        self.readers = [link.requests_reader for link in self.links]
+        self.index = {reader: i for i, reader in enumerate(self.readers)}
+        self.drain()
+        wiring.pids[worker_id] = os.getpid()  # announce: the HTTP processes start sending from now on
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        """Like `queue.Queue.get`: blocks in the kernel while empty, raises `queue.Empty` on timeout."""
-        if not self._read_lock.acquire(block, timeout):
-            raise queue.Empty
-        try:
-            if (not block or timeout is not None) and not self._reader.poll(timeout if block else 0):
-                raise queue.Empty
-            data = self._reader.recv_bytes()
-        finally:
-            self._read_lock.release()
-        return pickle.loads(data)
+    def drain(self) -> None:
+        """Discard whatever a dead predecessor left unread: it may start in the middle of a message, and the HTTP
+        processes have already failed every request in it."""
+        for reader in self.readers:
+            fd = reader.fileno()
+            os.set_blocking(fd, False)
+            with suppress(BlockingIOError):
+                while os.read(fd, PIPE_BYTES):
+                    pass
+            os.set_blocking(fd, True)
 
-    def get_nowait(self) -> Any:
-        return self.get(block=False)
+    def get(self, timeout: float | None = None) -> list[tuple[int, int, Any]]:
+        """`(link, slot, job)` of the requests waiting now, at most one per link; blocks up to `timeout`
+        (None: until one arrives) and returns [] if none came. Blocking costs no CPU."""
+        return [(self.index[r], *pickle.loads(r.recv_bytes())) for r in wait(self.readers, timeout)]
 
-    def fileno(self) -> int:
-        return self._reader.fileno()
+    def cancelled(self, link: int, slot: int) -> bool:
+        return self.links[link].board[slot] == CANCELLED
+
+    def answer(self, link: int, slot: int, answer: Any) -> None:
+        self.links[link].answers_writer.send_bytes(pickle.dumps((slot, answer), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class FrameReader:
-    """Reassembles `Channel` messages from whatever a non-blocking read returned: whole, split or several."""
+    """Reassembles `Connection` frames from whatever a non-blocking read returned: whole, split or several."""
 
     def __init__(self):
         self.buffer = bytearray()
@@ -125,76 +154,73 @@ class FrameReader:
         return items
 
 
+def frame_header(size: int) -> bytes:
+    return struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+
+
 class PipeTransport(MessageTransport):
-    """LitServe's response transport: one `Channel` per API server.
+    """What LitServe calls its response transport. Answers travel on the `Wiring`'s links (service/dispatch.py
+    reads them in the event loop), so LitServe's own reader task (`areceive`) just waits forever."""
 
-    Workers send through it as usual. On the API side, `Responses` reads the channel in the event loop and
-    resolves each request's future directly, so LitServe's own reader task (`areceive`) just waits forever.
-    """
+    def __init__(self, wiring: Wiring):
+        self.wiring = wiring
 
-    def __init__(self, channels: list[Channel]):
-        self.channels = channels
-
-    def send(self, item: Any, consumer_id: int) -> None:
-        self.channels[consumer_id].put(item)
+    def send(self, item: Any, consumer_id: int) -> None:  # pragma: no cover - our loop answers on its links
+        raise NotImplementedError("answers travel on service.transport.Link")
 
     async def areceive(self, consumer_id: int, timeout: float | None = None, block: bool = True) -> Any:
-        await asyncio.get_running_loop().create_future()  # never resolved: `Responses` delivers instead
+        await asyncio.get_running_loop().create_future()  # never resolved
 
     def close(self, send_sentinel: bool = True) -> None:
-        if send_sentinel:
-            for channel in self.channels:
-                with suppress(Exception):
-                    channel.put(None)
-
-    def __reduce__(self):
-        return (PipeTransport, (self.channels,))
-
-
-class Responses:
-    """In one API process: futures of the requests waiting for a worker, resolved as answers arrive.
-
-    The event loop watches the response pipe and reads it without blocking (`FrameReader` keeps partial
-    messages), so answers need no thread and no wake-up of one.
-    """
-
-    def __init__(self, channel: Channel):
-        self.fd = channel.fileno()
-        self.frames = FrameReader()
-        self.waiting: dict[int, asyncio.Future] = {}
-        os.set_blocking(self.fd, False)  # uvloop does this too; a blocking read would stall every request
-        asyncio.get_running_loop().add_reader(self.fd, self._deliver)
-
-    def expect(self, uid: int) -> asyncio.Future:
-        future = self.waiting[uid] = asyncio.get_running_loop().create_future()
-        return future
-
-    def forget(self, uid: int) -> None:
-        self.waiting.pop(uid, None)
-
-    def _read(self) -> bytes:
-        chunks = []
-        with suppress(BlockingIOError):
-            while chunk := os.read(self.fd, PIPE_BYTES):
-                chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _deliver(self) -> None:
-        for item in self.frames.feed(self._read()):
-            if item is None:  # LitServe's shutdown sentinel
-                continue
-            uid, (data, _status, _kind, _worker) = item
-            future = self.waiting.pop(uid, None)
-            if future is not None and not future.done():
-                future.set_result(data)
+        """Nothing to flush: workers are stopped by signal, HTTP processes by uvicorn's graceful shutdown."""
 
 
 class PipeLitServer(ls.LitServer):
-    """LitServer whose requests and responses travel over `Channel`s instead of Manager queues."""
+    """LitServer wired with `Link`s instead of Manager queues, whose dead workers are replaced, never fatal."""
 
     def _init_manager(self, num_api_servers: int):
         manager = super()._init_manager(num_api_servers)
+        workers = sum(len(self._inference_workers_config_for_api(api.api_path)) for api in self.litapi_connector)
+        self.wiring = Wiring(num_api_servers, workers)
         for path in self.litapi_request_queues:
-            self.litapi_request_queues[path] = Channel()
-        self._transport = PipeTransport([Channel() for _ in range(num_api_servers)])
+            self.litapi_request_queues[path] = self.wiring
+        self._transport = PipeTransport(self.wiring)
+        self._stopping = threading.Event()
+        self._launch_lock = threading.Lock()
         return manager
+
+    def _start_worker_monitoring(self, manager, uvicorn_workers) -> None:
+        """Replace any worker that dies (a crash, the OOM killer, SIGKILL), for as long as the server runs.
+
+        LitServe's own monitor shuts the whole server down when a worker dies, or (with `restart_workers`)
+        restarts it but may do so during shutdown, leaving an orphan. Requests the dead worker held are failed
+        by the HTTP processes at once (service/dispatch.py), so here only the replacement matters.
+        """
+
+        def monitor() -> None:
+            while not self._stopping.wait(MONITOR_SECONDS):
+                for index, process in enumerate(self.inference_workers):
+                    if process.is_alive():
+                        continue
+                    with self._launch_lock:
+                        if self._stopping.is_set():
+                            return
+                        log.error("inference worker %d (pid %s) died with exit code %s; starting a new one",
+                                  index, process.pid, process.exitcode)  # fmt: skip
+                        metrics.worker_restarts_total.inc()
+                        self.inference_workers[index] = self.launch_single_inference_worker(self.lit_api, index)
+
+        threading.Thread(target=monitor, daemon=True, name="tabserve-worker-monitor").start()
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
+        with self._launch_lock:  # no replacement may start once shutdown has begun
+            self._stopping.set()
+        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
+
+
+def wait_for_pid(wiring: Wiring, worker_id: int, timeout: float) -> int:
+    """The pid worker `worker_id` announced (tests and tools): polls shared memory until it is set."""
+    deadline = time.monotonic() + timeout
+    while not wiring.pids[worker_id] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return wiring.pids[worker_id]

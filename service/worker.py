@@ -43,6 +43,12 @@ def error_answer(status: int, message: str, reason: str) -> Answer:
     return status, orjson.dumps({"error": message, "reason": reason}), [(b"content-type", JSON)]
 
 
+DROPPED = {
+    "cancelled": "the client disconnected before inference",
+    "deadline_exceeded": "request timeout expired before inference",
+}
+
+
 class InferenceAPI(ls.LitAPI):
     """One LitAPI serves every model: rows of different models queue together and are split per version."""
 
@@ -82,6 +88,13 @@ class InferenceAPI(ls.LitAPI):
         if key not in self.signals:
             self.signals[key] = metrics.VersionSignals(entry.manifest, self.settings.drift_z)
         return self.signals[key]
+
+    def dropped(self, job: Job, reason: str) -> Answer:
+        """The answer for a job skipped without running the model (service/batching.py `drop_reason`), counted."""
+        metrics.requests_dropped_total.labels(job.model, reason).inc()
+        waited = (time.monotonic() - job.arrival) * 1000
+        status, body, headers = error_answer(503, f"{DROPPED[reason]} (waited {waited:.0f} ms)", reason)
+        return status, body, [*headers, (b"retry-after", b"1")]
 
     def follow(self, generation: int) -> None:
         """The HTTP process saw the repository change: re-read it too (between batches, nothing in flight)."""

@@ -17,7 +17,10 @@ def repo(trained, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(repo):
-    """The server most tests share: small max batch (so big requests are split), debug log (to count calls)."""
-    process = Server(repo, "--max-batch-rows", "64", "--default-model", "iris", log_level="debug")
+    """The server most tests share: small max batch (so big requests are split), debug log (to count calls), and
+    room in the queue for the 8 × 20,000-row requests of test_server.py (admission control has its own tests)."""
+    process = Server(
+        repo, "--max-batch-rows", "64", "--default-model", "iris", "--max-queue-rows", "200000", log_level="debug"
+    )
     yield process
     process.stop()

@@ -1,8 +1,11 @@
+import pickle
+import time
+
 import numpy as np
 import pytest
 
-from service.batching import Job, NoWaitBatchedLoop, plan_calls, run_calls
-from service.transport import Channel
+from service.batching import Job, NoWaitBatchedLoop, drop_reason, plan_calls, run_calls
+from service.transport import CANCELLED, Wiring
 
 
 def job(model, rows, version=1, start=0.0):
@@ -40,15 +43,32 @@ def test_results_are_reassembled_per_job_and_a_failing_call_fails_only_its_jobs(
 
 
 @pytest.fixture
-def queue():
-    return Channel()  # the queue the server really uses between its HTTP process and workers
+def port():
+    """A worker's real end of its links, in this process, with two HTTP processes' links feeding it."""
+    wiring = Wiring(2, 1)
+    return wiring, wiring.port(0)
 
 
-def test_loop_takes_what_is_queued_without_waiting_and_stops_at_the_row_budget(queue):
+def queue(wiring, http_process, slot, job):
+    wiring.links[http_process][0].requests_writer.send_bytes(pickle.dumps((slot, job)))
+
+
+def test_loop_takes_what_is_queued_without_waiting_and_stops_at_the_row_budget(port):
+    wiring, worker = port
     for i in range(5):
-        queue.put((0, f"uid{i}", 0.0, job("a", 3)))
+        queue(wiring, i % 2, i, job("a", 3))
     loop = NoWaitBatchedLoop(max_batch_rows=7, max_batch_delay=0.0)
-    first = list(loop.take(queue))
-    assert [uid for _, uid, _, _ in first] == ["uid0", "uid1", "uid2"]  # 9 rows >= 7: stop
-    second = list(loop.take(queue))
-    assert [uid for _, uid, _, _ in second] == ["uid3", "uid4"]  # the queue is empty: return at once
+    first = loop.take(worker)
+    assert sorted(slot for _, slot, _ in first) == [0, 1, 2, 3]  # one per link per look: 6 rows, then 12 >= 7
+    second = loop.take(worker)
+    assert [(link, slot) for link, slot, _ in second] == [(0, 4)]  # what is left, at once
+
+
+def test_cancelled_and_expired_jobs_are_not_run(port):
+    wiring, worker = port
+    fresh = job("a", 1)._replace(deadline=time.monotonic() + 60)
+    late = job("a", 1)._replace(deadline=time.monotonic() - 1)
+    wiring.links[0][0].board[7] = CANCELLED
+    assert drop_reason(worker, 0, 7, fresh) == "cancelled"
+    assert drop_reason(worker, 0, 8, late) == "deadline_exceeded"
+    assert drop_reason(worker, 0, 8, fresh) is None

@@ -1,13 +1,19 @@
-"""The pipes between the HTTP process and the workers: whole messages, large messages, and no blocked loop."""
+"""The links between the HTTP process and the workers: whole messages, large messages in both directions, a
+loop that never blocks, and a worker that dies mid-stream failing only what it held."""
 
 import asyncio
 import multiprocessing as mp
+import os
 import pickle
+import signal
 import struct
 
 import numpy as np
+import pytest
 
-from service.transport import PIPE_BYTES, Channel, FrameReader, Responses
+from service.dispatch import Dispatcher
+from service.errors import WorkerUnavailable
+from service.transport import PIPE_BYTES, FrameReader, Wiring
 
 
 def frame(item) -> bytes:
@@ -26,43 +32,87 @@ def test_frames_are_reassembled_whether_split_whole_or_several_per_read():
     assert FrameReader().feed(stream) == ["a", list(range(1000)), {"b": 2}]
 
 
-def _answer_from_another_process(channel: Channel, uid: int, rows: int) -> None:
-    channel.put((uid, (np.ones((rows, 16), np.float32), 200, "regular", 0)))
+def echo_worker(wiring: Wiring, stall_after: int | None = None) -> None:
+    """A worker that answers every job with the job itself; with `stall_after`, stops answering after that many."""
+    port = wiring.port(0)
+    answered = 0
+    while True:
+        for link, slot, job in port.get():
+            if stall_after is not None and answered >= stall_after:
+                continue
+            port.answer(link, slot, job)
+            answered += 1
 
 
-def test_an_answer_larger_than_the_pipe_reaches_its_waiting_request():
-    """Regression: the event loop's fd is non-blocking, so a large answer arrives in pieces."""
-    channel = Channel()
-    rows = 3 * PIPE_BYTES // 64  # three pipes' worth
+def start_worker(wiring, *args) -> mp.Process:
+    process = mp.get_context("spawn").Process(target=echo_worker, args=(wiring, *args), daemon=True)
+    process.start()
+    return process
+
+
+async def until(condition, timeout=30.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_messages_larger_than_the_pipe_go_both_ways_without_blocking_the_loop():
+    """Regression: a large request must not block the event loop, and a large answer arrives in pieces."""
+    wiring = Wiring(1, 1)
+    big = np.ones((3 * PIPE_BYTES // 64, 16), np.float32)  # three pipes' worth
 
     async def main():
-        responses = Responses(channel)
-        future = responses.expect(7)
-        worker = mp.get_context("spawn").Process(target=_answer_from_another_process, args=(channel, 7, rows))
-        worker.start()
-        data = await asyncio.wait_for(future, 30)
-        await asyncio.to_thread(worker.join)
-        return data
+        dispatcher = Dispatcher(wiring, 0)
+        worker = start_worker(wiring)
+        try:
+            await until(lambda: dispatcher.live())
+            connection = dispatcher.least_loaded()
+            ticks = 0
+            _, future = connection.send(big, rows=len(big))  # returns at once: the rest waits in the backlog
+            while not future.done():
+                ticks += 1
+                await asyncio.sleep(0)
+            _, small = connection.send("small", rows=1)
+            return await future, await small, ticks, connection.rows
+        finally:
+            worker.kill()
 
-    data = asyncio.run(main())
-    assert data.shape == (rows, 16) and data.sum() == rows * 16
+    echoed, small, ticks, rows = asyncio.run(main())
+    assert np.array_equal(echoed, big) and small == "small"
+    assert ticks > 1  # the loop kept turning while the message crossed
+    assert rows == 0  # both answered: nothing outstanding
 
 
-def test_aput_never_blocks_the_event_loop_on_a_full_pipe():
-    channel = Channel()
-    big = np.zeros(2 * PIPE_BYTES // 4, np.float32)  # twice the pipe: a blocking write would hang here
+def test_a_dead_worker_fails_what_it_held_at_once_and_its_replacement_starts_clean():
+    wiring = Wiring(1, 1)
 
     async def main():
-        ticks = 0
-        writing = asyncio.create_task(channel.aput(("big", big)))
-        while not writing.done() and ticks < 3:  # the loop keeps running while the write waits for a reader
-            await asyncio.sleep(0.01)
-            ticks += 1
-        assert not writing.done()
-        first = await asyncio.to_thread(channel.get)
-        await writing
-        await channel.aput("small")  # fits: written at once
-        return first, await asyncio.to_thread(channel.get)
+        dispatcher = Dispatcher(wiring, 0)
+        worker = start_worker(wiring, 1)  # answers one job, then holds the rest
+        await until(lambda: dispatcher.live())
+        connection = dispatcher.least_loaded()
+        _, answered = connection.send("first", rows=1)
+        assert await answered == "first"
+        held = [connection.send(f"held {i}", rows=1)[1] for i in range(3)]
+        half = pickle.dumps("never read")
+        os.write(connection.write_fd, struct.pack("!i", len(half)) + half[:5])  # a message cut by the death
+        os.kill(worker.pid, signal.SIGKILL)
+        started = asyncio.get_running_loop().time()
+        for future in held:
+            with pytest.raises(WorkerUnavailable):
+                await asyncio.wait_for(future, 5)
+        failed_after = asyncio.get_running_loop().time() - started
+        assert not dispatcher.live() and connection.rows == 0
+        with pytest.raises(WorkerUnavailable):
+            dispatcher.least_loaded()
+        replacement = start_worker(wiring)
+        await until(lambda: dispatcher.live())
+        _, after = connection.send("after", rows=1)
+        result = await asyncio.wait_for(after, 10)
+        replacement.kill()
+        return failed_after, result
 
-    (tag, array), small = asyncio.run(main())
-    assert tag == "big" and array.shape == big.shape and small == "small"
+    failed_after, result = asyncio.run(main())
+    assert failed_after < 1.0
+    assert result == "after"  # the half message was drained, not misread

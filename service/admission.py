@@ -1,0 +1,91 @@
+"""Admission control: refuse work early and cheaply rather than accept more than the server can finish in time.
+
+Two bounds per HTTP process, both on by default:
+
+- **bytes** of request bodies being read or decoded (`max_pending_bytes`). A body's declared length is reserved
+  before a byte of it is read, so a storm of large bodies is refused from its headers alone; memory held for
+  bodies never exceeds the bound (plus one body, which is always let in when nothing else is pending).
+- **rows** waiting at each worker (`max_queue_rows`, split evenly between the HTTP processes, each of which
+  owns its share). A job goes to the live worker with the fewest rows outstanding; if that worker already
+  holds work and the job would take it past the bound, the request is refused. A worker with nothing
+  outstanding always takes the job, so a request larger than the bound is still served when the server is idle.
+
+A refusal is a 503 with `reason: "overloaded"` and `Retry-After`: the seconds the queued rows take to drain at
+the rate answers have been coming back lately (at least 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from service.dispatch import Dispatcher, WorkerConnection
+from service.errors import Overloaded
+
+MAX_RETRY_AFTER = 30
+
+
+class Reservation:
+    """Bytes of one body, held from its headers until it is decoded; grows when the body is longer than said."""
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+        self.bytes = 0
+
+    def grow(self, size: int) -> None:
+        if size > self.bytes:
+            self.admission.take_bytes(size - self.bytes)
+            self.bytes = size
+
+
+class Admission:
+    def __init__(self, dispatcher: Dispatcher, max_pending_bytes: int, max_queue_rows: int):
+        self.dispatcher = dispatcher
+        self.max_pending_bytes = max_pending_bytes
+        self.max_queue_rows = max_queue_rows
+        self.pending_bytes = 0
+
+    def take_bytes(self, size: int) -> None:
+        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+            raise self.overloaded(
+                f"{self.pending_bytes} bytes of request bodies are being read or decoded; "
+                f"the bound is {self.max_pending_bytes} (TABSERVE_MAX_PENDING_BYTES)"
+            )
+        self.pending_bytes += size
+
+    @contextmanager
+    def body(self, declared: int) -> Iterator[Reservation]:
+        """Hold a body's bytes while it is read and decoded; refused at once if they would pass the bound."""
+        reservation = Reservation(self)
+        reservation.grow(declared)
+        try:
+            yield reservation
+        finally:
+            self.pending_bytes -= reservation.bytes
+
+    def check_room(self) -> None:
+        """Before reading a body: refuse if every live worker's queue is already full."""
+        self.worker_for(1)
+
+    def worker_for(self, rows: int) -> WorkerConnection:
+        """The worker to take `rows` more rows, or `Overloaded` (or `WorkerUnavailable` with none alive)."""
+        connection = self.dispatcher.least_loaded()
+        if connection.rows and connection.rows + rows > self.max_queue_rows:
+            raise self.overloaded(
+                f"{connection.rows} rows are queued at the least busy inference worker; this request's {rows} "
+                f"would pass the bound of {self.max_queue_rows} (TABSERVE_MAX_QUEUE_ROWS)"
+            )
+        if not connection.free:
+            raise self.overloaded("too many requests are queued at every inference worker")
+        return connection
+
+    def retry_after(self) -> int:
+        """Seconds until the rows queued now would have drained, at the rate answers came back lately."""
+        rate = self.dispatcher.drain_rate()
+        if rate <= 0:
+            return 1
+        return max(1, min(MAX_RETRY_AFTER, math.ceil(self.dispatcher.outstanding_rows / rate)))
+
+    def overloaded(self, message: str) -> Overloaded:
+        return Overloaded(f"server overloaded: {message}; retry later", retry_after=self.retry_after())
