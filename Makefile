@@ -12,7 +12,7 @@ PORT ?= 8000
 SERVE_ARGS ?=
 BENCH_DURATION ?= 8
 
-.PHONY: setup tools run serve test lint format train retrain rollback verify quality bench clean
+.PHONY: setup tools run serve test lint format train retrain rollback verify quality bench stress clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,11 @@ quality: setup
 bench: setup
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
 	BENCH_DURATION=$(BENCH_DURATION) $(PY) -m benchmarks.run
+
+## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 8 minutes).
+stress: setup
+	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
+	$(PY) -m benchmarks.stress
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -55,6 +55,7 @@ DECODE_INLINE_BYTES = 64 * 1024
 """Bodies up to this size are decoded on the event loop (well under a millisecond); larger ones in a thread,
 so health probes and small requests keep being answered while a large body is parsed."""
 
+WORKER_LOOK_SECONDS = 0.25
 log = logging.getLogger("tabserve.fastpath")
 
 
@@ -98,6 +99,13 @@ class Gateway:
         )
         self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tabserve-decode")
         self.reloader.start()
+        self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
+
+    async def _adopt_workers(self) -> None:
+        """Take up new workers (at start, and replacements) even while no request comes to look for them."""
+        while True:
+            self.dispatcher.refresh()
+            await asyncio.sleep(WORKER_LOOK_SECONDS)
 
     def ready(self) -> bool:
         return self.dispatcher is not None and bool(self.dispatcher.live())

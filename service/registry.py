@@ -26,10 +26,19 @@ State = Literal["READY", "UNAVAILABLE"]
 
 
 def session_options() -> ort.SessionOptions:
-    """One thread per session and no spinning: a multi-process server must not have idle workers burn cores."""
+    """One thread per session and no spinning: a multi-process server must not have idle workers burn cores.
+
+    No CPU memory arena and no memory pattern: batch shapes change with every call, so the arena keeps the
+    largest shape's buffers for good and the pattern is re-planned per shape. Measured on the digits MLP
+    (64→128→64→10, one thread; 11 warm-up shapes up to 100,000 rows, then 90 random ones): arena + pattern
+    (ORT's default) 271 → 293 MiB RSS, 40 µs per 1-row call, 910k rows/s at 1024 rows; arena off + pattern
+    off 157 → 228 MiB, 17 µs, 1,127k rows/s. Lowest memory and fastest, so both are off.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
