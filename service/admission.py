@@ -1,16 +1,17 @@
 """Admission control: refuse work early and cheaply rather than accept more than the server can finish in time.
 
-Two bounds per HTTP process, both on by default:
+Bounds per HTTP process, all on by default:
 
-- **bytes** of request bodies being read or decoded (`max_pending_bytes`). A body's declared length is reserved
-  before a byte of it is read, so a storm of large bodies is refused from its headers alone; memory held for
-  bodies never exceeds the bound (plus one body, which is always let in when nothing else is pending).
-- **rows** waiting at each worker (`max_queue_rows`, split evenly between the HTTP processes, each of which
-  owns its share). A job goes to the live worker with the fewest rows outstanding; if that worker already
-  holds work and the job would take it past the bound, the request is refused. A worker with nothing
-  outstanding always takes the job, so a request larger than the bound is still served when the server is idle.
+- **bytes of request bodies being read** (`max_pending_bytes`). A body's declared length is reserved before a
+  byte of it is read, so a storm of large bodies is refused from its headers alone; memory held for bodies
+  never exceeds the bound (plus one body, which is always let in when nothing else is pending).
+- **work waiting at each worker**, in rows (`max_queue_rows`) and in bytes of payload (`max_queue_bytes`: a
+  decoded matrix, or a large raw body the worker decodes itself), split evenly between the HTTP processes,
+  each of which owns its share. A job goes to the live worker with the least work outstanding; if that
+  worker already holds work and the job would take it past a bound, the request is refused. A worker with
+  nothing outstanding always takes the job, so a request larger than a bound is still served when idle.
 
-A refusal is a 503 with `reason: "overloaded"` and `Retry-After`: the seconds the queued rows take to drain at
+A refusal is a 503 with `reason: "overloaded"` and `Retry-After`: the seconds the queued work takes to drain at
 the rate answers have been coming back lately (at least 1).
 """
 
@@ -40,10 +41,10 @@ class Reservation:
 
 
 class Admission:
-    def __init__(self, dispatcher: Dispatcher, max_pending_bytes: int, max_queue_rows: int):
+    def __init__(self, dispatcher: Dispatcher, max_pending_bytes: int, max_queue_rows: int, max_queue_bytes: int):
         self.dispatcher = dispatcher
         self.max_pending_bytes = max_pending_bytes
-        self.max_queue_rows = max_queue_rows
+        self.max_queue_rows, self.max_queue_bytes = max_queue_rows, max_queue_bytes
         self.pending_bytes = 0
 
     def take_bytes(self, size: int) -> None:
@@ -64,28 +65,30 @@ class Admission:
         finally:
             self.pending_bytes -= reservation.bytes
 
-    def check_room(self) -> None:
-        """Before reading a body: refuse if every live worker's queue is already full."""
-        self.worker_for(1)
+    def check_room(self, nbytes: int) -> None:
+        """Before reading a body: refuse if no live worker's queue has room for it."""
+        self.worker_for(0, nbytes)
 
-    def worker_for(self, rows: int) -> WorkerConnection:
-        """The worker to take `rows` more rows, or `Overloaded` (or `WorkerUnavailable` with none alive)."""
-        connection = self.dispatcher.least_loaded()
-        if connection.rows and connection.rows + rows > self.max_queue_rows:
+    def worker_for(self, rows: int, nbytes: int) -> WorkerConnection:
+        """The worker to take this work, or `Overloaded` (or `WorkerUnavailable` with none alive)."""
+        worker = self.dispatcher.least_loaded()
+        if worker.rows and worker.rows + rows > self.max_queue_rows:
             raise self.overloaded(
-                f"{connection.rows} rows are queued at the least busy inference worker; this request's {rows} "
+                f"{worker.rows} rows are queued at the least busy inference worker; this request's {rows} "
                 f"would pass the bound of {self.max_queue_rows} (TABSERVE_MAX_QUEUE_ROWS)"
             )
-        if not connection.free:
+        if worker.nbytes and worker.nbytes + nbytes > self.max_queue_bytes:
+            raise self.overloaded(
+                f"{worker.nbytes} bytes of requests are queued at the least busy inference worker; this "
+                f"request's {nbytes} would pass the bound of {self.max_queue_bytes} (TABSERVE_MAX_QUEUE_BYTES)"
+            )
+        if not worker.free:
             raise self.overloaded("too many requests are queued at every inference worker")
-        return connection
+        return worker
 
     def retry_after(self) -> int:
-        """Seconds until the rows queued now would have drained, at the rate answers came back lately."""
-        rate = self.dispatcher.drain_rate()
-        if rate <= 0:
-            return 1
-        return max(1, min(MAX_RETRY_AFTER, math.ceil(self.dispatcher.outstanding_rows / rate)))
+        """Seconds until the work queued now would have drained, at the rate answers came back lately."""
+        return max(1, min(MAX_RETRY_AFTER, math.ceil(self.dispatcher.seconds_to_drain())))
 
     def overloaded(self, message: str) -> Overloaded:
         return Overloaded(f"server overloaded: {message}; retry later", retry_after=self.retry_after())

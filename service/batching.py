@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 from litserve.loops import BatchedLoop
 
+from service import deadlines, oip
+from service.instances import InputSpec, decode_instances
 from service.transport import WorkerPort
 
 log = logging.getLogger("tabserve.batching")
@@ -31,16 +33,35 @@ class Job(NamedTuple):
     kind: str  # "predict" (simple JSON) or "infer" (Open Inference Protocol)
     model: str
     version: int
-    features: np.ndarray  # float32 [rows, n_features], already validated
+    features: np.ndarray | None  # float32 [rows, n_features], validated; None until `decode_job` ran
     request_id: str
     infer: Any = None  # the decoded `oip.InferRequest` for "infer" jobs
     generation: int = 0  # of the HTTP process's registry when the job was validated (service/reload.py)
     arrival: float = 0.0  # time.monotonic() when the request arrived (CLOCK_MONOTONIC: the same in every process)
     deadline: float = float("inf")  # not run after this (service/deadlines.py)
+    body: bytes | None = None  # the raw request body, until decoded (large bodies are decoded by the worker)
+    header_length: str | None = None  # OIP binary extension: Inference-Header-Content-Length
 
     @property
     def rows(self) -> int:
-        return len(self.features)
+        """Rows to run: 0 while the body is not decoded (its size is counted in `nbytes` instead)."""
+        return 0 if self.features is None else len(self.features)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.body) if self.features is None else self.features.nbytes
+
+
+def decode_job(job: Job, spec: InputSpec) -> Job:
+    """The job with its body decoded and validated (a `ServiceError` naming the problem if it is bad), in the HTTP
+    process for small bodies and in the worker for large ones: the same code and messages either way."""
+    if job.kind == "predict":
+        return job._replace(features=decode_instances(job.body, spec), body=None)
+    infer = oip.decode_infer(job.body, job.header_length, spec)
+    if infer.id is None:
+        infer = replace(infer, id=job.request_id)
+    deadline = deadlines.shorten(job.deadline, job.arrival, infer.timeout_us)
+    return job._replace(features=infer.features, infer=infer, deadline=deadline, body=None)
 
 
 @dataclass(frozen=True)

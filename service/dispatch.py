@@ -7,8 +7,9 @@ A worker's death is seen at once through a pidfd (the kernel makes it readable w
 the dead worker had already answered is delivered, everything else it held fails with a 503 straight away,
 and nothing is sent to that worker again until its replacement announces a new pid.
 
-`Dispatcher` sends each job to the live worker with the fewest rows outstanding, and knows how much work waits
-(for admission control, service/admission.py) and how fast it drains (for `Retry-After`).
+`Dispatcher` sends each job to the live worker with the least work outstanding (bytes of payload: a decoded
+matrix, or a raw body the worker decodes), and knows how much work waits (for admission control,
+service/admission.py) and how fast it drains (for `Retry-After`).
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ class WorkerConnection:
         self.loop.add_reader(self.read_fd, self._on_answers)
         self.frames = FrameReader()
         self.backlog: collections.deque[memoryview] = collections.deque()
-        self.waiting: dict[int, tuple[asyncio.Future, int]] = {}  # slot → (future, rows)
+        self.waiting: dict[int, tuple[asyncio.Future, int, int]] = {}  # slot → (future, rows, bytes)
         self.free = list(range(SLOTS - 1, -1, -1))
-        self.rows = 0  # outstanding: sent and not yet answered
+        self.rows = self.nbytes = 0  # outstanding: sent and not yet answered (rows of raw bodies are unknown)
         self.pid = 0
         self.pidfd: int | None = None
-        self.answered_rows = 0
+        self.answered_rows = self.answered_bytes = 0
 
     @property
     def alive(self) -> bool:
@@ -60,13 +61,15 @@ class WorkerConnection:
         self.loop.add_reader(self.pidfd, self._on_death)
         log.info("inference worker %d (pid %d) takes requests", self.worker_id, pid)
 
-    def send(self, job: Any, rows: int) -> tuple[int, asyncio.Future]:
-        """Queue `job` for this worker; returns its slot and the future its answer resolves."""
+    def send(self, job: Any, rows: int, nbytes: int) -> tuple[int, asyncio.Future]:
+        """Queue `job` (`rows` and `nbytes` of work) for this worker; returns its slot and the future its answer
+        resolves."""
         slot = self.free.pop()
         self.link.board[slot] = 0
         future = self.loop.create_future()
-        self.waiting[slot] = (future, rows)
+        self.waiting[slot] = (future, rows, nbytes)
         self.rows += rows
+        self.nbytes += nbytes
         data = pickle.dumps((slot, job), protocol=pickle.HIGHEST_PROTOCOL)
         self._write([memoryview(frame_header(len(data))), memoryview(data)])
         return slot, future
@@ -120,12 +123,14 @@ class WorkerConnection:
             self._resolve(slot, answer)
 
     def _resolve(self, slot: int, answer: Any) -> None:
-        future, rows = self.waiting.pop(slot, (None, 0))
+        future, rows, nbytes = self.waiting.pop(slot, (None, 0, 0))
         if future is None:
             return
         self.free.append(slot)
         self.rows -= rows
+        self.nbytes -= nbytes
         self.answered_rows += rows
+        self.answered_bytes += nbytes
         if not future.done():
             future.set_result(answer)
 
@@ -141,12 +146,12 @@ class WorkerConnection:
             self.backlog.clear()
         held = list(self.waiting.items())
         log.error("inference worker %d (pid %d) died holding %d requests", self.worker_id, self.pid, len(held))
-        for slot, (future, _) in held:
+        for slot, (future, _, _) in held:
             self.waiting.pop(slot)
             self.free.append(slot)
             if not future.done():
                 future.set_exception(WorkerUnavailable("the inference worker died while holding this request"))
-        self.rows = 0
+        self.rows = self.nbytes = 0
 
 
 class Dispatcher:
@@ -155,7 +160,7 @@ class Dispatcher:
     def __init__(self, wiring: Wiring, http_process: int):
         self.wiring = wiring
         self.connections = [WorkerConnection(link, i) for i, link in enumerate(wiring.links[http_process])]
-        self.rate = DrainRate()
+        self.rows_rate, self.bytes_rate = DrainRate(), DrainRate()
 
     def refresh(self) -> None:
         """Adopt workers that announced themselves since the last look (a read of shared memory per worker)."""
@@ -172,19 +177,19 @@ class Dispatcher:
         live = self.live()
         if not live:
             raise WorkerUnavailable("no inference worker is running (one is being started)")
-        return min(live, key=lambda c: c.rows)
+        return min(live, key=lambda c: c.nbytes)
 
-    @property
-    def outstanding_rows(self) -> int:
-        return sum(c.rows for c in self.connections)
-
-    def drain_rate(self) -> float:
-        """Rows answered per second lately (all workers together)."""
-        return self.rate.update(sum(c.answered_rows for c in self.connections))
+    def seconds_to_drain(self) -> float:
+        """How long the work queued now takes at the rate answers came back lately (0 when unknown)."""
+        rows_rate = self.rows_rate.update(sum(c.answered_rows for c in self.connections))
+        bytes_rate = self.bytes_rate.update(sum(c.answered_bytes for c in self.connections))
+        rows = sum(c.rows for c in self.connections) / rows_rate if rows_rate else 0.0
+        nbytes = sum(c.nbytes for c in self.connections) / bytes_rate if bytes_rate else 0.0
+        return max(rows, nbytes)
 
 
 class DrainRate:
-    """Rows per second over roughly the last few seconds, from a running total sampled as it is asked for."""
+    """A running total's rate over roughly the last few seconds, sampled as it is asked for."""
 
     WINDOW = 5.0
 

@@ -2,9 +2,11 @@
 
 FastAPI routing, dependency solving and pydantic on every row cost more than the model itself (shared/
 REFERENCE.md), so this middleware answers the prediction routes directly: admission (service/admission.py),
-the body read within a byte budget, validation against the model's manifest (off the event loop for large
-bodies), a deadline (service/deadlines.py), and only then a `Job` for a worker (service/dispatch.py). While the
-answer is awaited, a client that disconnects cancels its job. Every other route falls through to FastAPI.
+the body read within a byte budget, validation against the model's manifest, a deadline (service/deadlines.py),
+and only then a `Job` for a worker (service/dispatch.py). Large bodies are not parsed here at all: the worker
+decodes and validates them (service/worker.py), so the event loop, and with it the health probes, never waits
+behind tens of milliseconds of JSON parsing holding the GIL. While the answer is awaited, a client that
+disconnects cancels its job. Every other route falls through to FastAPI.
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from service import deadlines, metrics, oip
 from service.admission import Admission
-from service.batching import Job
+from service.batching import Job, decode_job
 from service.dispatch import Dispatcher
 from service.errors import (
     ModelNotFound,
@@ -35,7 +36,6 @@ from service.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from service.instances import decode_instances
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
 from service.settings import Settings
@@ -52,8 +52,8 @@ ANSWER_GRACE = 60.0
 just before its deadline, and a live worker always answers (a dead one is noticed at once, service/dispatch.py)."""
 
 DECODE_INLINE_BYTES = 64 * 1024
-"""Bodies up to this size are decoded on the event loop (well under a millisecond); larger ones in a thread,
-so health probes and small requests keep being answered while a large body is parsed."""
+"""Bodies up to this size are decoded here (well under a millisecond); larger ones by the worker. A thread
+would not do: JSON parsing holds the GIL, and a loop starved of it stalled health probes for seconds."""
 
 WORKER_LOOK_SECONDS = 0.25
 log = logging.getLogger("tabserve.fastpath")
@@ -67,8 +67,8 @@ class ClientGone(Exception):
 class Gateway:
     """What the fast path shares with the rest of the HTTP process: settings, models, workers, and the LitServer.
 
-    The dispatcher, admission control and decoding thread exist only in the HTTP process, once its event loop
-    runs (`start`): LitServe forks that process from this one, and neither threads nor pidfds survive a fork.
+    The dispatcher and admission control exist only in the HTTP process, once its event loop runs (`start`):
+    LitServe forks that process from this one, and pidfds and tasks do not survive a fork.
     """
 
     settings: Settings
@@ -78,7 +78,6 @@ class Gateway:
     reloader: Reloader | None = None
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
-    decoder: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
@@ -96,8 +95,8 @@ class Gateway:
             self.dispatcher,
             max(settings.max_body_bytes, settings.max_pending_bytes // http_processes),
             max(1, settings.max_queue_rows // http_processes),
+            max(1, settings.max_queue_bytes // http_processes),
         )
-        self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tabserve-decode")
         self.reloader.start()
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
 
@@ -126,8 +125,8 @@ class Gateway:
         now = time.monotonic()
         if now > job.deadline:
             raise deadlines.expired(job.arrival, job.deadline, now)
-        connection = self.admission.worker_for(job.rows)
-        slot, future = connection.send(job, job.rows)
+        connection = self.admission.worker_for(job.rows, job.nbytes)
+        slot, future = connection.send(job, job.rows, job.nbytes)
         loop = asyncio.get_running_loop()
         timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, ServiceError("no answer from the "
                              "inference worker in time", reason="timeout"))  # fmt: skip
@@ -143,11 +142,6 @@ class Gateway:
             timer.cancel()
             if watch is not None:
                 watch.cancel()
-
-    async def decode(self, size: int, function, *args):
-        if size <= DECODE_INLINE_BYTES:
-            return function(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:
@@ -244,18 +238,13 @@ class FastPath:
         deadline = deadlines.from_headers(arrival, settings.max_queue_time_ms / 1000, headers)
         declared = _declared_length(headers, settings.max_body_bytes)
         with gateway.admission.body(declared) as reservation:
-            gateway.admission.check_room()
+            gateway.admission.check_room(declared)
             body = await _read_body(receive, reservation, settings.max_body_bytes)
-            if kind == "predict":
-                features, infer = await gateway.decode(len(body), decode_instances, body, model.spec), None
-            else:
-                length = header_length.decode() if header_length else None
-                infer = await gateway.decode(len(body), oip.decode_infer, body, length, model.spec)
-                features, deadline = infer.features, deadlines.shorten(deadline, arrival, infer.timeout_us)
-                if infer.id is None:
-                    infer = replace(infer, id=request_id)
-        generation = gateway.reloader.generation
-        job = Job(kind, model.name, model.version, features, request_id, infer, generation, arrival, deadline)
+        length = header_length.decode() if header_length else None
+        job = Job(kind, model.name, model.version, None, request_id, None, gateway.reloader.generation, arrival,
+                  deadline, body, length)  # fmt: skip
+        if len(body) <= DECODE_INLINE_BYTES:
+            job = decode_job(job, model.spec)
         return await gateway.submit(job, _disconnected(receive))
 
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     """Admission control: rows that may wait at each inference worker (queued or running). A request that would
     pass it is refused at once with 503 + Retry-After (a worker with nothing queued takes any request)."""
 
+    max_queue_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Admission control: bytes of requests that may wait at each inference worker (decoded features, or large
+    raw bodies the worker decodes). Past it, 503 + Retry-After (a worker with nothing queued takes any request)."""
+
     max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Admission control: bytes of request bodies being read or decoded at once, reserved from Content-Length
     before the body is read; beyond it, 503 + Retry-After. Never less than max_body_bytes in effect."""

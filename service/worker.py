@@ -15,8 +15,8 @@ import numpy as np
 import orjson
 
 from service import metrics, oip
-from service.batching import Job, NoWaitBatchedLoop, plan_calls, run_calls
-from service.errors import ModelNotReady
+from service.batching import Job, NoWaitBatchedLoop, decode_job, plan_calls, run_calls
+from service.errors import ModelNotReady, ServiceError
 from service.registry import Registry
 from service.settings import Settings
 
@@ -103,17 +103,44 @@ class InferenceAPI(ls.LitAPI):
             self.generation = generation
 
     def answer(self, jobs: list[Job], queue_seconds: list[float]) -> list[Answer]:
+        """One answer per job: large bodies are decoded first (a bad one is refused alone, with the same message
+        the HTTP process would give), then every runnable job shares the ONNX Runtime calls."""
         self.follow(max(job.generation for job in jobs))
-        calls = plan_calls(jobs, self.settings.max_batch_rows)
+        answers: list[Answer | None] = [None] * len(jobs)
+        runnable: list[tuple[int, Job]] = []
+        for index, job in enumerate(jobs):
+            try:
+                job = self._decoded(job)
+            except ServiceError as e:
+                answers[index] = self.refused(job, e)
+                continue
+            if time.monotonic() > job.deadline:  # an OIP `parameters.timeout` read only now
+                answers[index] = self.dropped(job, "deadline_exceeded")
+                continue
+            runnable.append((index, job))
+        ready = [job for _, job in runnable]
+        calls = plan_calls(ready, self.settings.max_batch_rows)
         if log.isEnabledFor(logging.DEBUG):
             for call in calls:
                 requests = len({index for index, _, _ in call.parts})
                 log.debug("onnxruntime call %s/%s rows=%d requests=%d", call.model, call.version, call.rows, requests)
-        results = run_calls(jobs, calls, self.predict)
-        for job, seconds in zip(jobs, queue_seconds, strict=True):
+        results = run_calls(ready, calls, self.predict)
+        for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
-                signals.queue.observe(seconds)
-        return [self._encode(job, result) for job, result in zip(jobs, results, strict=True)]
+                signals.queue.observe(queue_seconds[index])
+            answers[index] = self._encode(job, result)
+        return answers
+
+    def _decoded(self, job: Job) -> Job:
+        if job.features is not None:
+            return job
+        return decode_job(job, self.registry.ensure(job.model, job.version).spec)
+
+    def refused(self, job: Job, error: ServiceError) -> Answer:
+        """A large body that failed validation here: answered and counted as the HTTP process would have."""
+        if error.status < 500:
+            metrics.input_rejected_total.labels(job.model, error.reason).inc()
+        return error.status, orjson.dumps(error.body()), [(b"content-type", JSON)]
 
     def _encode(self, job: Job, result: np.ndarray | Exception) -> Answer:
         if isinstance(result, ModelNotReady):

@@ -69,11 +69,11 @@ def test_messages_larger_than_the_pipe_go_both_ways_without_blocking_the_loop():
             await until(lambda: dispatcher.live())
             connection = dispatcher.least_loaded()
             ticks = 0
-            _, future = connection.send(big, rows=len(big))  # returns at once: the rest waits in the backlog
+            _, future = connection.send(big, rows=len(big), nbytes=big.nbytes)  # returns at once: the rest waits in the backlog
             while not future.done():
                 ticks += 1
                 await asyncio.sleep(0)
-            _, small = connection.send("small", rows=1)
+            _, small = connection.send("small", rows=1, nbytes=1)
             return await future, await small, ticks, connection.rows
         finally:
             worker.kill()
@@ -92,9 +92,9 @@ def test_a_dead_worker_fails_what_it_held_at_once_and_its_replacement_starts_cle
         worker = start_worker(wiring, 1)  # answers one job, then holds the rest
         await until(lambda: dispatcher.live())
         connection = dispatcher.least_loaded()
-        _, answered = connection.send("first", rows=1)
+        _, answered = connection.send("first", rows=1, nbytes=1)
         assert await answered == "first"
-        held = [connection.send(f"held {i}", rows=1)[1] for i in range(3)]
+        held = [connection.send(f"held {i}", rows=1, nbytes=1)[1] for i in range(3)]
         half = pickle.dumps("never read")
         os.write(connection.write_fd, struct.pack("!i", len(half)) + half[:5])  # a message cut by the death
         os.kill(worker.pid, signal.SIGKILL)
@@ -108,7 +108,7 @@ def test_a_dead_worker_fails_what_it_held_at_once_and_its_replacement_starts_cle
             dispatcher.least_loaded()
         replacement = start_worker(wiring)
         await until(lambda: dispatcher.live())
-        _, after = connection.send("after", rows=1)
+        _, after = connection.send("after", rows=1, nbytes=1)
         result = await asyncio.wait_for(after, 10)
         replacement.kill()
         return failed_after, result
