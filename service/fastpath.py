@@ -44,7 +44,9 @@ PREDICT = re.compile(
     r"^/(?:predict|v1/models/(?P<name>[^/:]+)(?::predict|/predict|/versions/(?P<version>[^/]+)/predict))$"
 )
 INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
-PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/health"})
+HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
+"""Answered by the fast path itself (their FastAPI routes in service/routes.py document them)."""
+PUBLIC = frozenset({*HEALTH, "/health"})
 """Routes answered without an API key: health probes must work for orchestrators that hold no secret."""
 
 ANSWER_GRACE = 60.0
@@ -56,6 +58,9 @@ DECODE_INLINE_BYTES = 64 * 1024
 would not do: JSON parsing holds the GIL, and a loop starved of it stalled health probes for seconds."""
 
 WORKER_LOOK_SECONDS = 0.25
+CLOSE = (b"connection", b"close")
+"""Sent with a refusal that comes before a large body was read: reading megabytes only to throw them away is
+what let a storm of refused uploads starve the accepted ones, so the connection is closed instead."""
 log = logging.getLogger("tabserve.fastpath")
 
 
@@ -189,6 +194,8 @@ class FastPath:
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id") or next(self.ids)
         path = scope["path"]
+        if path in HEALTH and scope["method"] == "GET":
+            return await self.health(path, request_id, send)
         if scope["method"] == "POST" and ((match := PREDICT.match(path)) or (match := INFER.match(path))):
             return await self.predict(
                 "predict" if match.re is PREDICT else "infer", match, headers, request_id, receive, send
@@ -209,21 +216,36 @@ class FastPath:
 
         return await self.app(scope, receive, send_with_id)
 
+    async def health(self, path: str, request_id: bytes, send) -> None:
+        """Liveness and readiness, answered here: no routing, no thread hop, nothing that queues behind load."""
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id)]
+        if path == "/v2/health/live":
+            return await _respond(send, 200, b'{"live":true}', headers)
+        if self.gateway.ready():
+            return await _respond(send, 200, b'{"ready":true}', headers)
+        body = b'{"error":"no inference worker is ready (still loading, or being replaced)","ready":false}'
+        return await _respond(send, 503, body, headers)
+
     async def predict(self, kind: str, match: re.Match, headers: dict, request_id: bytes, receive, send) -> None:
         """Answer one prediction request, whatever happens, and record it (metrics.py)."""
         start, arrival = time.perf_counter(), time.monotonic()
         metrics.requests_in_flight.inc()
         model, status = None, 499  # nginx's "client closed request": nobody is left to answer
+        read = [False]  # whether the body has been read
         try:
             try:
                 if not self.gateway.authorized(headers):
                     raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
                 model = self.gateway.registry.get(match.group("name"), parse_version(match.group("version")))
-                status, body, extra = await self.handle(kind, model, headers, request_id.decode(), arrival, receive)
+                status, body, extra = await self.handle(
+                    kind, model, headers, request_id.decode(), arrival, receive, read
+                )
             except ClientGone:
                 return
             except Exception as e:
                 status, body, extra = refusal(e, model.name if model else "", match.string)
+                if not read[0] and _declared_length(headers, None) > DECODE_INLINE_BYTES:
+                    extra.append(CLOSE)
             await _respond(send, status, body, [*extra, (b"x-request-id", request_id)])
         finally:
             metrics.requests_in_flight.dec()
@@ -231,7 +253,8 @@ class FastPath:
             metrics.requests_total.labels(name, version, kind, str(status)).inc()
             metrics.request_duration_seconds.labels(name, kind).observe(time.perf_counter() - start)
 
-    async def handle(self, kind: str, model: ModelVersion, headers: dict, request_id: str, arrival: float, receive):
+    async def handle(self, kind: str, model: ModelVersion, headers: dict, request_id: str, arrival: float, receive,
+                     read: list[bool]):  # fmt: skip
         gateway, settings = self.gateway, self.gateway.settings
         header_length = headers.get(oip.HEADER_LENGTH.encode())
         _check_content_type(headers, binary_allowed=header_length is not None)
@@ -240,6 +263,7 @@ class FastPath:
         with gateway.admission.body(declared) as reservation:
             gateway.admission.check_room(declared)
             body = await _read_body(receive, reservation, settings.max_body_bytes)
+            read[0] = True
         length = header_length.decode() if header_length else None
         job = Job(kind, model.name, model.version, None, request_id, None, gateway.reloader.generation, arrival,
                   deadline, body, length)  # fmt: skip
@@ -262,11 +286,11 @@ def refusal(error: Exception, model: str, path: str) -> tuple[int, bytes, list[t
     return error.status, orjson.dumps(error.body()), extra
 
 
-def _declared_length(headers: dict, limit: int) -> int:
+def _declared_length(headers: dict, limit: int | None) -> int:
     declared = headers.get(b"content-length")
     if declared is None or not declared.isdigit():
         return 0
-    if int(declared) > limit:
+    if limit is not None and int(declared) > limit:
         raise PayloadTooLarge(
             f"body of {int(declared)} bytes exceeds the limit of {limit} bytes",
             reason="body_too_large",
