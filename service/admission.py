@@ -4,7 +4,8 @@ Bounds per HTTP process, all on by default:
 
 - **bytes of request bodies being read** (`max_pending_bytes`). A body's declared length is reserved before a
   byte of it is read, so a storm of large bodies is refused from its headers alone; memory held for bodies
-  never exceeds the bound (plus one body, which is always let in when nothing else is pending).
+  never exceeds the bound (plus one body, which is always let in when nothing else is pending). A body is also
+  refused unread when the workers' queues could not take it beside the bodies already being read.
 - **work waiting at each worker**, in rows (`max_queue_rows`) and in bytes of payload (`max_queue_bytes`: a
   decoded matrix, or a large raw body the worker decodes itself), split evenly between the HTTP processes,
   each of which owns its share. A job goes to the live worker with the least work outstanding; if that
@@ -66,8 +67,18 @@ class Admission:
             self.pending_bytes -= reservation.bytes
 
     def check_room(self, nbytes: int) -> None:
-        """Before reading a body: refuse if no live worker's queue has room for it."""
-        self.worker_for(0, nbytes)
+        """Before reading a body: refuse if the workers' queues have no room for it beside the bodies already being
+        read (those will be queued in a moment). Reading a body only to refuse it afterwards wastes the reads
+        that the accepted requests are waiting for."""
+        worker = self.worker_for(0, nbytes)
+        live = self.dispatcher.live()
+        room = sum(max(0, self.max_queue_bytes - w.nbytes) for w in live)
+        coming = self.pending_bytes  # includes this body's own reservation
+        if worker.nbytes and coming > room:
+            raise self.overloaded(
+                f"{coming} bytes of request bodies are being read for {room} bytes of room left in the "
+                f"inference workers' queues (TABSERVE_MAX_QUEUE_BYTES)"
+            )
 
     def worker_for(self, rows: int, nbytes: int) -> WorkerConnection:
         """The worker to take this work, or `Overloaded` (or `WorkerUnavailable` with none alive)."""

@@ -98,7 +98,7 @@ class Gateway:
         self.dispatcher = Dispatcher(server.wiring, server.app.response_queue_id)
         self.admission = Admission(
             self.dispatcher,
-            max(settings.max_body_bytes, settings.max_pending_bytes // http_processes),
+            max(1, settings.max_pending_bytes // http_processes),
             max(1, settings.max_queue_rows // http_processes),
             max(1, settings.max_queue_bytes // http_processes),
         )

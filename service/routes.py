@@ -33,6 +33,7 @@ def _details(gateway: Gateway, model: ModelVersion) -> schemas.ModelDetails:
     m = model.manifest
     return schemas.ModelDetails(
         name=model.name,
+        ready=gateway.ready(),
         version=model.version,
         versions=_states(gateway, model.name),
         features=m.features,

@@ -66,6 +66,7 @@ class ModelsResponse(BaseModel):
 
 class ModelDetails(BaseModel):
     name: str
+    ready: bool = Field(description="This version takes requests now (KServe V1 readiness reads this field).")
     version: int
     versions: list[VersionState]
     features: list[str]

@@ -51,9 +51,9 @@ class Settings(BaseSettings):
     """Admission control: bytes of requests that may wait at each inference worker (decoded features, or large
     raw bodies the worker decodes). Past it, 503 + Retry-After (a worker with nothing queued takes any request)."""
 
-    max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Admission control: bytes of request bodies being read or decoded at once, reserved from Content-Length
-    before the body is read; beyond it, 503 + Retry-After. Never less than max_body_bytes in effect."""
+    max_pending_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Admission control: bytes of request bodies being read at once, reserved from Content-Length before the
+    body is read; beyond it, 503 + Retry-After. One body of any allowed size is always let in when none is."""
 
     max_queue_time_ms: float = Field(5000.0, gt=0.0)
     """Deadline of every request, from its arrival: past it before inference, it is never run (503

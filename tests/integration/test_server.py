@@ -192,3 +192,13 @@ def test_openapi_documents_the_real_bodies(server):
     assert "instances" in document["components"]["schemas"]["PredictRequest"]["properties"]
     assert "/v2/models/{name}/infer" in document["paths"] and "/v1/models" in document["paths"]
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_kserve_v1_predict_and_readiness(server, reference):
+    """KServe V1 clients: `POST /v1/models/{name}:predict` with `instances`, readiness from `GET /v1/models/{name}`."""
+    response = predict(server, {"instances": ROWS.tolist()}, path="/v1/models/iris:predict")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == len(ROWS)
+    assert np.abs(probabilities(response) - reference(ROWS)).max() <= 1e-6
+    status = httpx.get(server.url + "/v1/models/iris")
+    assert status.status_code == 200 and status.json()["ready"] is True and status.json()["name"] == "iris"

@@ -69,7 +69,9 @@ def test_messages_larger_than_the_pipe_go_both_ways_without_blocking_the_loop():
             await until(lambda: dispatcher.live())
             connection = dispatcher.least_loaded()
             ticks = 0
-            _, future = connection.send(big, rows=len(big), nbytes=big.nbytes)  # returns at once: the rest waits in the backlog
+            _, future = connection.send(
+                big, rows=len(big), nbytes=big.nbytes
+            )  # returns at once: the rest waits in the backlog
             while not future.done():
                 ticks += 1
                 await asyncio.sleep(0)
