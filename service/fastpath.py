@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from service import metrics, oip
+from service import auth, metrics, oip
 from service.batching import Job
 from service.errors import ModelNotFound, PayloadTooLarge, ServiceError, Unauthorized, UnsupportedMediaType
 from service.instances import decode_instances
@@ -54,15 +54,10 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
-        if self.settings.api_key is not None:
-            self.api_keys = frozenset({self.settings.api_key.get_secret_value().encode()})
+        self.api_keys = auth.gate_keys(self.settings)
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
-        if not self.api_keys:
-            return True
-        bearer = headers.get(b"authorization", b"")
-        token = bearer[7:] if bearer[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-        return token in self.api_keys
+        return auth.authorized(headers, self.api_keys)  # service/auth.py: constant-time, management key too
 
     async def submit(self, job: Job) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """Queue a validated job for the workers (LitServe's request tuple) and wait for its answer."""

@@ -74,6 +74,12 @@ input_rejected_total = Counter(
     "Requests refused with a 4xx before reaching the model, by reason (see the `reason` field of error bodies).",
     ["model", "reason"],
 )
+model_control_requests_total = Counter(
+    "tabserve_model_control_requests_total",
+    "Repository load and unload requests, by action and HTTP status code (403: refused by the model control "
+    "mode or for want of the management key).",
+    ["action", "code"],
+)
 predictions_total = Counter(
     "tabserve_predictions_total",
     "Rows predicted, by predicted label: the live class mix.",

@@ -47,14 +47,14 @@ class Reloader:
             except Exception:  # keep polling: the next look at the repository may go better
                 log.exception("reading the repository failed")
 
-    async def reload(self) -> None:
-        """Re-read the repository now; returns once the new state serves."""
+    async def reload(self, names: set[str] | None = None) -> None:
+        """Re-read the repository (only the models in `names`, if given) now; returns once the new state serves."""
         if self._lock is None:
             self.start()
         async with self._lock:
             before = {(e.name, e.version): e for e in self.registry.entries()}
             served_before = self._served()
-            failures = await asyncio.to_thread(self.registry.refresh)
+            failures = await asyncio.to_thread(self.registry.refresh, names)
             after = {(e.name, e.version): e for e in self.registry.entries()}
             if before.keys() != after.keys() or any(after[k] is not before[k] for k in after):
                 self.generation += 1

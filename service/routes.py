@@ -12,9 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from litserve.utils import WorkerSetupStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bundle import repository
-from service import metrics, schemas
-from service.errors import ModelNotFound, ServiceError
+from service import control, metrics, schemas
+from service.errors import ServiceError
 from service.fastpath import Gateway, parse_version
 from service.registry import ModelVersion
 
@@ -192,39 +191,11 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             openapi_extra=_body(schemas.OipInferRequest),
         )
 
-    # --- Open Inference Protocol repository extension ------------------------------------------------
+    # --- Open Inference Protocol repository extension (service/control.py) -----------------------------
 
-    @app.post("/v2/repository/index", response_model=list[schemas.RepositoryIndexEntry], tags=["repository"])
-    def repository_index():
-        """Every version in the repository and its state (what this server last read; polling keeps it fresh)."""
-        return [
-            schemas.RepositoryIndexEntry(name=e.name, version=str(e.version), state=e.state, reason=e.reason or "")
-            for e in sorted(registry.entries(), key=lambda e: (e.name, e.version))
-        ]
-
-    @app.post("/v2/repository/models/{name}/load", responses=errors, tags=["repository"])
-    async def repository_load(name: str):
-        """Re-read the repository now and serve `name` again if it was unloaded; 400 if no version can serve."""
-        _known(gateway, name)
-        registry.unloaded.discard(name)
-        await gateway.reloader.reload()
-        registry.get(name)  # 503 with the reason when no version loaded
-        return {}
-
-    @app.post("/v2/repository/models/{name}/unload", responses=errors, tags=["repository"])
-    async def repository_unload(name: str):
-        """Stop serving `name` until it is loaded again (requests already queued still finish)."""
-        _known(gateway, name)
-        registry.unloaded.add(name)
-        await gateway.reloader.reload()
-        return {}
+    control.register(app, gateway, errors)
 
     _document_bodies(app, (schemas.PredictRequest, schemas.OipInferRequest))
-
-
-def _known(gateway: Gateway, name: str) -> None:
-    if name not in repository.model_names(gateway.registry.root):
-        raise ModelNotFound(f"model {name!r} is not in the repository", field="model", got=name)
 
 
 def _served_version(gateway: Gateway, name: str) -> int | None:
