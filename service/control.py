@@ -85,6 +85,7 @@ def model_folder(root: Path, name: str) -> Path:
 def register(app: FastAPI, gateway, errors: dict) -> None:
     """The Open Inference Protocol repository extension: index (read-only), load and unload."""
     registry, settings = gateway.registry, gateway.settings
+    errors = {**errors, 403: {"model": schemas.ErrorResponse}}
 
     @app.post("/v2/repository/index", response_model=list[schemas.RepositoryIndexEntry], tags=["repository"])
     def repository_index():

@@ -80,7 +80,7 @@ class Gateway:
 def parse_version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):  # "²" is a digit to isdigit(), not to int()
         raise ModelNotFound(f"version {text!r} is not a version number", field="version", got=text)
     return int(text)
 
