@@ -12,15 +12,10 @@ import hmac
 
 from pydantic import SecretStr
 
-from service.errors import ServiceError, Unauthorized
+from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 
 MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-
-
-class ManagementKeyRequired(ServiceError):
-    status = 403
-    reason = "management_key_required"
 
 
 def _secret(key: SecretStr | None) -> bytes | None:
@@ -60,8 +55,9 @@ def check_management(headers: dict[bytes, bytes], settings: Settings) -> None:
     if matches(candidate, frozenset({management})):
         return
     if candidate and matches(candidate, gate_keys(settings)):
-        raise ManagementKeyRequired(
-            "this route changes what is served and needs the management key (TABSERVE_MANAGEMENT_KEY), not the API key"
+        raise Forbidden(
+            "this route changes what is served and needs the management key (TABSERVE_MANAGEMENT_KEY), not the API key",
+            reason="management_key_required",
         )
     raise Unauthorized(
         "missing or wrong management key: send 'Authorization: Bearer <key>' or 'X-API-Key' "

@@ -24,20 +24,10 @@ from fastapi import FastAPI, Request
 
 from bundle import repository
 from service import auth, metrics, schemas
-from service.errors import BadRequest, ModelNotFound, ModelNotReady, ServiceError, describe
+from service.errors import BadRequest, Forbidden, ModelNotFound, ModelNotReady, ServiceError, describe
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A model name as the repository API accepts it: no separators, no leading dot, so no `..` and no path."""
-
-
-class ModelControlDisabled(ServiceError):
-    status = 403
-    reason = "model_control_disabled"
-
-
-class OutsideRepository(ServiceError):
-    status = 403
-    reason = "outside_repository"
 
 
 def polling_interval(settings) -> float:
@@ -45,20 +35,22 @@ def polling_interval(settings) -> float:
     return settings.poll_interval if settings.model_control_mode == "poll" else 0.0
 
 
-def refusal(settings) -> ModelControlDisabled | None:
+def refusal(settings) -> Forbidden | None:
     """Why load and unload are refused in this mode (None in `explicit` mode, where they are the only way)."""
     if settings.model_control_mode == "poll":
         every = f"every {settings.poll_interval:g} s" if settings.poll_interval > 0 else "only at start"
-        return ModelControlDisabled(
+        return Forbidden(
             f"model control mode is 'poll': the server reads the repository {every} and follows it, so load "
             "and unload are refused; publish, roll back or remove versions in the repository instead, or start "
-            "the server with --model-control-mode explicit (TABSERVE_MODEL_CONTROL_MODE) to use this API"
+            "the server with --model-control-mode explicit (TABSERVE_MODEL_CONTROL_MODE) to use this API",
+            reason="model_control_disabled",
         )
     if settings.model_control_mode == "none":
-        return ModelControlDisabled(
+        return Forbidden(
             "model control mode is 'none': the server serves what the repository held at start and nothing "
             "changes it; start it with --model-control-mode explicit (TABSERVE_MODEL_CONTROL_MODE) to load and "
-            "unload through this API"
+            "unload through this API",
+            reason="model_control_disabled",
         )
     return None
 
@@ -76,7 +68,9 @@ def model_folder(root: Path, name: str) -> Path:
         )
     folder = Path(root) / name
     if folder.resolve().parent != Path(root).resolve():  # a symlink pointing out of the repository
-        raise OutsideRepository(f"model {name!r} resolves to a folder outside the repository", field="name", got=name)
+        raise Forbidden(
+            f"model {name!r} resolves to a folder outside the repository", reason="outside_repository", got=name
+        )
     if name not in repository.model_names(root):
         raise ModelNotFound(f"model {name!r} is not in the repository", field="model", got=name)
     return folder
@@ -117,22 +111,24 @@ def register(app: FastAPI, gateway, errors: dict) -> None:
         metrics.model_control_requests_total.labels(action, "200").inc()
         return {}
 
-    @app.post(
-        "/v2/repository/models/{name}/load",
-        response_model=schemas.Empty,
-        responses=errors,
-        tags=["repository"],
-    )
-    async def repository_load(name: str, request: Request):
-        """`explicit` mode: re-read model `name` now and serve it (again); 400 if no version can serve."""
-        return await control("load", name, request)
+    for action, description in (
+        ("load", "`explicit` mode: re-read model `name` now and serve it (again); 400 if no version can serve."),
+        ("unload", "`explicit` mode: stop serving `name` until it is loaded again (queued requests still finish)."),
+    ):
+        app.add_api_route(
+            f"/v2/repository/models/{{name}}/{action}",
+            _handler(control, action),
+            methods=["POST"],
+            description=description,
+            response_model=schemas.Empty,
+            responses=errors,
+            tags=["repository"],
+        )
 
-    @app.post(
-        "/v2/repository/models/{name}/unload",
-        response_model=schemas.Empty,
-        responses=errors,
-        tags=["repository"],
-    )
-    async def repository_unload(name: str, request: Request):
-        """`explicit` mode: stop serving `name` until it is loaded again (requests already queued still finish)."""
-        return await control("unload", name, request)
+
+def _handler(control, action: str):
+    async def handler(name: str, request: Request):
+        return await control(action, name, request)
+
+    handler.__name__ = f"repository_{action}"
+    return handler

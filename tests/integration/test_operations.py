@@ -51,6 +51,7 @@ def test_too_many_rows_and_too_many_bytes_are_413(limited):
         (["--repository", "/no/such/dir"], "'/no/such/dir' is not a directory"),
         (["--device", "tpu"], "invalid setting --device / TABSERVE_DEVICE"),
         (["--max-batch-rows", "-5"], "--max-batch-rows / TABSERVE_MAX_BATCH_ROWS"),
+        (["--model-control-mode", "manual"], "--model-control-mode / TABSERVE_MODEL_CONTROL_MODE: Input should be"),
     ],
 )
 def test_bad_settings_stop_startup_with_a_clear_message(flags, message):
