@@ -18,6 +18,7 @@ stays behind the API key like the other reads.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -55,8 +56,9 @@ def refusal(settings) -> Forbidden | None:
     return None
 
 
-def model_folder(root: Path, name: str) -> Path:
-    """The folder of model `name`, refused unless it is a plain name of a model directly inside `root`."""
+def check_name(root: Path, name: str, served: Iterable[str] = ()) -> None:
+    """Refuse `name` unless it is a plain name of a model directly inside `root` (or one still `served` whose
+    folder was removed: unloading it must stay possible)."""
     if not NAME.fullmatch(name):
         raise BadRequest(
             f"model name {describe(name)} is not valid: letters, digits, '.', '_', '-', at most 64, "
@@ -71,9 +73,8 @@ def model_folder(root: Path, name: str) -> Path:
         raise Forbidden(
             f"model {name!r} resolves to a folder outside the repository", reason="outside_repository", got=name
         )
-    if name not in repository.model_names(root):
+    if name not in repository.model_names(root) and name not in served:
         raise ModelNotFound(f"model {name!r} is not in the repository", field="model", got=name)
-    return folder
 
 
 def register(app: FastAPI, gateway, errors: dict) -> None:
@@ -94,7 +95,7 @@ def register(app: FastAPI, gateway, errors: dict) -> None:
             auth.check_management(dict(request.scope["headers"]), settings)
             if refused := refusal(settings):
                 raise refused
-            model_folder(registry.root, name)
+            check_name(registry.root, name, registry.models)
             if action == "load":
                 registry.unloaded.discard(name)
             else:

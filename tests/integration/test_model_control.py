@@ -89,6 +89,11 @@ def test_explicit_mode_changes_only_what_load_and_unload_name(repo, tmp_path):
         assert httpx.post(url + "/v2/repository/models/iris/load", headers=headers).status_code == 200
         assert predict("iris").json()["version"] == 2
 
+        shutil.rmtree(repo / "flowers")
+        assert predict("flowers").status_code == 200  # explicit mode does not look at the repository
+        assert httpx.post(url + "/v2/repository/models/flowers/unload", headers=headers).status_code == 200
+        assert predict("flowers").status_code == 404  # an operator can still stop a model whose folder is gone
+
         unknown = httpx.post(url + "/v2/repository/models/nope/load", headers=headers)
         assert unknown.status_code == 404 and "not in the repository" in unknown.json()["error"]
         for bad in (".hidden", "-x", "a" * 65, "a b", "..."):
