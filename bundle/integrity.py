@@ -14,22 +14,13 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from bundle.atomic import sha256_file
+from bundle.errors import BundleError
+from bundle.graph_safety import check_graph_safety
 from bundle.manifest import MANIFEST_FILE, Manifest
 from bundle.repository import LABEL_ENCODER_FILE, MODEL_FILE, SCALER_FILE
 
 REQUIRED_FILES = (MODEL_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
 METADATA_KEYS = ("name", "version", "features", "labels")
-
-
-class BundleError(Exception):
-    """A version folder that must not be served; the message says which file and what is wrong.
-
-    `reason` is a short fixed code (a metric label: `tabserve_model_load_failures_total{reason}`).
-    """
-
-    def __init__(self, message: str, reason: str = "invalid_bundle"):
-        super().__init__(message)
-        self.reason = reason
 
 
 def onnx_metadata(name: str, version: int, features: list[str], classes: list[str]) -> dict[str, str]:
@@ -138,6 +129,8 @@ def check_bundle(folder: Path) -> Manifest:
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_hashes(folder, manifest)
+    for name in REQUIRED_FILES:  # before ONNX Runtime opens any of them
+        check_graph_safety(folder / name)
     session = open_session(folder / MODEL_FILE)
     check_model_graph(folder, manifest, session)
     check_probe(session, manifest, folder / MODEL_FILE)

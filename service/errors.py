@@ -66,6 +66,13 @@ class Unauthorized(ServiceError):
     reason = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """Understood and refused: the model control mode, or the key sent, does not allow it."""
+
+    status = 403
+    reason = "forbidden"
+
+
 class ModelNotFound(ServiceError):
     status = 404
     reason = "model_not_found"

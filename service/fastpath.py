@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from service import deadlines, metrics, oip
+from service import auth, deadlines, metrics, oip
 from service.admission import Admission
 from service.batching import Job, decode_job
 from service.dispatch import Dispatcher
@@ -86,8 +86,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
-        if self.settings.api_key is not None:
-            self.api_keys = frozenset({self.settings.api_key.get_secret_value().encode()})
+        self.api_keys = auth.gate_keys(self.settings)
 
     def start(self) -> None:
         """In the HTTP process, at ASGI lifespan startup."""
@@ -115,11 +114,7 @@ class Gateway:
         return self.dispatcher is not None and bool(self.dispatcher.live())
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
-        if not self.api_keys:
-            return True
-        bearer = headers.get(b"authorization", b"")
-        token = bearer[7:] if bearer[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-        return token in self.api_keys
+        return auth.authorized(headers, self.api_keys)  # service/auth.py: constant-time, management key too
 
     async def submit(self, job: Job, client_gone: Awaitable | None = None) -> tuple[int, bytes, list]:
         """Queue a validated job at the least busy worker and wait for its answer.
@@ -163,7 +158,7 @@ async def _disconnected(receive) -> None:
 def parse_version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):  # "²" is a digit to isdigit(), not to int()
         raise ModelNotFound(f"version {text!r} is not a version number", field="version", got=text)
     return int(text)
 

@@ -84,6 +84,12 @@ requests_dropped_total = Counter(
 worker_restarts_total = Counter(
     "tabserve_worker_restarts_total", "Inference workers that died (crash, OOM kill, signal) and were replaced."
 )
+model_control_requests_total = Counter(
+    "tabserve_model_control_requests_total",
+    "Repository load and unload requests, by action and HTTP status code (403: refused by the model control "
+    "mode or for want of the management key).",
+    ["action", "code"],
+)
 predictions_total = Counter(
     "tabserve_predictions_total",
     "Rows predicted, by predicted label: the live class mix.",

@@ -41,6 +41,16 @@ def _bad(message: str, reason: str, **details: Any) -> BadRequest:
     return BadRequest(message, reason=reason, **details)
 
 
+def _parameters(holder: dict, field: str) -> dict:
+    """The `parameters` object of a request, tensor or output ({} if absent); anything else is a 400, not a crash."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise _bad(f"{field}: expected an object, got {describe(parameters)}", "wrong_type", field=field)
+    return parameters
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
@@ -71,15 +81,12 @@ def decode_infer(body: bytes, header_length: str | None, spec: InputSpec) -> Inf
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f"id: expected a string, got {describe(request_id)}", "wrong_type", field="id")
-    timeout = _timeout(request)  # first: it also checks that `parameters` is an object
+    timeout = _timeout(request)
     return InferRequest(features=features, id=request_id, outputs=_requested_outputs(request), timeout_us=timeout)
 
 
 def _timeout(request: dict) -> int | None:
-    parameters = request.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise _bad("parameters: expected an object", "wrong_type", field="parameters")
-    timeout = parameters.get("timeout")
+    timeout = _parameters(request, "parameters").get("timeout")
     if timeout is None:
         return None
     if type(timeout) is not int or timeout < 0:
@@ -133,7 +140,7 @@ def _input_tensor(tensor: dict, binary: bytes, spec: InputSpec) -> np.ndarray:
             expected=spec.max_rows,
             got=rows,
         )
-    parameters = tensor.get("parameters") or {}
+    parameters = _parameters(tensor, "inputs[0].parameters")
     if "binary_data_size" in parameters:
         array = _binary_tensor(parameters["binary_data_size"], binary, rows * n, DATATYPES[datatype])
     else:
@@ -193,7 +200,7 @@ def _json_tensor(data: Any, count: int) -> np.ndarray:
 
 
 def _requested_outputs(request: dict) -> tuple[RequestedOutput, ...]:
-    binary_default = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = bool(_parameters(request, "parameters").get("binary_data_output", False))
     outputs = request.get("outputs")
     if outputs is None:
         return tuple(RequestedOutput(name, binary_default) for name in OUTPUTS)
@@ -210,7 +217,7 @@ def _requested_outputs(request: dict) -> tuple[RequestedOutput, ...]:
                 expected=list(OUTPUTS),
                 got=describe(name),
             )
-        binary = (output.get("parameters") or {}).get("binary_data", binary_default)
+        binary = _parameters(output, f"outputs[{i}].parameters").get("binary_data", binary_default)
         requested.append(RequestedOutput(name, bool(binary)))
     return tuple(requested)
 

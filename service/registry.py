@@ -141,10 +141,20 @@ class Registry:
         registry.refresh()
         return registry
 
-    def refresh(self) -> list[ModelVersion]:
-        """Bring the registry up to date with the repository; returns the versions that newly failed to load."""
-        models, policies, stamps, failures = {}, {}, {}, []
+    def refresh(self, names: set[str] | None = None) -> list[ModelVersion]:
+        """Bring the registry up to date with the repository; returns the versions that newly failed to load.
+
+        With `names`, only those models are re-read and every other one stays exactly as it is (explicit model
+        control: loading one model must not pick up new versions of the others).
+        """
+        keep = set() if names is None else set(self.models) - names
+        models = {name: self.models[name] for name in keep}
+        policies = {name: self.policies[name] for name in keep}
+        stamps = {key: value for key, value in self.stamps.items() if key[0] in keep}
+        failures = []
         for name in repository.model_names(self.root):
+            if names is not None and name not in names:
+                continue
             policies[name] = self._policy(name)
             entries = {}
             available = repository.versions(self.root, name)

@@ -1,11 +1,12 @@
 """Hot reload: keep the HTTP process's registry in step with the repository, without a restart.
 
-The HTTP process decides what takes traffic. Every `poll_interval` seconds (and on demand, through the Open
-Inference Protocol repository extension) it re-reads the repository in a thread: a new version is verified
-(manifest, hashes, graph, parity probe) before the swap, so until then the old version keeps answering; a
-broken one is listed with its reason and never answers. Each change bumps `generation`, which every queued
-job carries: a worker that sees a newer generation re-reads the repository too, and a worker asked for a
-version it has not loaded loads it on the spot, so requests already queued for an old version still finish.
+The HTTP process decides what takes traffic. In `poll` model control mode every `poll_interval` seconds (in
+`explicit` mode on demand, one model at a time: service/control.py) it re-reads the repository in a thread: a
+new version is verified (manifest, hashes, graph, parity probe) before the swap, so until then the old version
+keeps answering; a broken one is listed with its reason and never answers. Each change bumps `generation`,
+which every queued job carries: a worker that sees a newer generation re-reads the repository too, and a
+worker asked for a version it has not loaded loads it on the spot, so requests already queued for an old
+version still finish.
 """
 
 from __future__ import annotations
@@ -47,14 +48,14 @@ class Reloader:
             except Exception:  # keep polling: the next look at the repository may go better
                 log.exception("reading the repository failed")
 
-    async def reload(self) -> None:
-        """Re-read the repository now; returns once the new state serves."""
+    async def reload(self, names: set[str] | None = None) -> None:
+        """Re-read the repository (only the models in `names`, if given) now; returns once the new state serves."""
         if self._lock is None:
             self.start()
         async with self._lock:
             before = {(e.name, e.version): e for e in self.registry.entries()}
             served_before = self._served()
-            failures = await asyncio.to_thread(self.registry.refresh)
+            failures = await asyncio.to_thread(self.registry.refresh, names)
             after = {(e.name, e.version): e for e in self.registry.entries()}
             if before.keys() != after.keys() or any(after[k] is not before[k] for k in after):
                 self.generation += 1

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bundle import repository
-from service import metrics, schemas
-from service.errors import ModelNotFound, ServiceError
-from service.fastpath import Gateway, parse_version
+from service import control, metrics, schemas
+from service.errors import ServiceError
+from service.fastpath import PUBLIC, Gateway, parse_version
 from service.registry import ModelVersion
 
 SERVER_NAME = "tabserve"
@@ -75,7 +75,16 @@ def register(app: FastAPI, gateway: Gateway) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(error.detail), "reason": "http"}, status_code=error.status_code)
+        # Keep the error's headers: a 405 must say which methods the route allows (`Allow`, RFC 9110).
+        return JSONResponse(
+            {"error": str(error.detail), "reason": "http"}, status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        """A bug, not a client mistake: answered in JSON like every other error, not Starlette's text/plain (the
+        server still logs the traceback: Starlette re-raises after this answer)."""
+        return JSONResponse({"error": "internal server error", "reason": "internal"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -83,7 +92,22 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         where = ".".join(str(p) for p in first["loc"])
         return JSONResponse({"error": f"{where}: {first['msg']}", "reason": "invalid_input", "field": where}, 422)
 
-    errors = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+    errors = {code: {"model": schemas.ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
+
+    # --- operations -------------------------------------------------------------------------------
+
+    # LitServe's own `/` and `/health` answer text without a content type while FastAPI documents them as
+    # JSON; these answer the same, as documented plain text.
+    app.router.routes = [r for r in app.router.routes if not (isinstance(r, APIRoute) and r.path in ("/", "/health"))]
+
+    @app.get("/", response_class=PlainTextResponse, tags=["operations"])
+    def index():
+        return "tabserve running"
+
+    @app.get("/health", response_class=PlainTextResponse, tags=["operations"], responses={503: PLAIN_503})
+    def health():
+        """`ok` once every inference worker has loaded, else 503 `not ready` (no API key needed)."""
+        return PlainTextResponse("ok") if workers_ready(gateway) else PlainTextResponse("not ready", 503)
 
     # --- simple JSON API ---------------------------------------------------------------------------
 
@@ -136,7 +160,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             tags=["predict"],
             response_model=schemas.PredictResponse,
             responses=errors,
-            openapi_extra=_body(schemas.PredictRequest),
+            openapi_extra=_fast_path_operation(path, schemas.PredictRequest),
         )
 
     # --- Open Inference Protocol ------------------------------------------------------------------
@@ -189,42 +213,14 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             summary="Infer (JSON or binary tensor data)",
             response_model=schemas.OipInferResponse,
             responses=errors,
-            openapi_extra=_body(schemas.OipInferRequest),
+            openapi_extra=_fast_path_operation(path, schemas.OipInferRequest, binary=True),
         )
 
-    # --- Open Inference Protocol repository extension ------------------------------------------------
+    # --- Open Inference Protocol repository extension (service/control.py) -----------------------------
 
-    @app.post("/v2/repository/index", response_model=list[schemas.RepositoryIndexEntry], tags=["repository"])
-    def repository_index():
-        """Every version in the repository and its state (what this server last read; polling keeps it fresh)."""
-        return [
-            schemas.RepositoryIndexEntry(name=e.name, version=str(e.version), state=e.state, reason=e.reason or "")
-            for e in sorted(registry.entries(), key=lambda e: (e.name, e.version))
-        ]
+    control.register(app, gateway, errors)
 
-    @app.post("/v2/repository/models/{name}/load", responses=errors, tags=["repository"])
-    async def repository_load(name: str):
-        """Re-read the repository now and serve `name` again if it was unloaded; 400 if no version can serve."""
-        _known(gateway, name)
-        registry.unloaded.discard(name)
-        await gateway.reloader.reload()
-        registry.get(name)  # 503 with the reason when no version loaded
-        return {}
-
-    @app.post("/v2/repository/models/{name}/unload", responses=errors, tags=["repository"])
-    async def repository_unload(name: str):
-        """Stop serving `name` until it is loaded again (requests already queued still finish)."""
-        _known(gateway, name)
-        registry.unloaded.add(name)
-        await gateway.reloader.reload()
-        return {}
-
-    _document_bodies(app, (schemas.PredictRequest, schemas.OipInferRequest))
-
-
-def _known(gateway: Gateway, name: str) -> None:
-    if name not in repository.model_names(gateway.registry.root):
-        raise ModelNotFound(f"model {name!r} is not in the repository", field="model", got=name)
+    _complete_openapi(app, gateway, (schemas.PredictRequest, schemas.OipInferRequest))
 
 
 def _served_version(gateway: Gateway, name: str) -> int | None:
@@ -240,29 +236,64 @@ def _ready_or_503(gateway: Gateway) -> Response:
     return JSONResponse({"error": "the inference worker is still loading", "ready": False}, status_code=503)
 
 
-def _document_bodies(app: FastAPI, models: tuple[type, ...]) -> None:
-    """Add request-body schemas that no handler parameter declares (the fast path parses them) to OpenAPI."""
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+UNAUTHORIZED = {
+    "description": "Missing or wrong API key",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
+
+
+def _complete_openapi(app: FastAPI, gateway: Gateway, models: tuple[type, ...]) -> None:
+    """Finish the OpenAPI document with what no handler declares: the request-body schemas the fast path
+    parses, and with an API key set, how to send it and the 401 every route behind it may answer."""
     build = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
         document = build()
-        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components = document.setdefault("components", {})
+        schemas_ = components.setdefault("schemas", {})
         for model in models:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(schema.pop("$defs", {}))
-            components[model.__name__] = schema
+            schemas_.update(schema.pop("$defs", {}))
+            schemas_[model.__name__] = schema
+        if gateway.api_keys:
+            components["securitySchemes"] = SECURITY_SCHEMES
+            for path, operations in document["paths"].items():
+                for operation in operations.values() if path not in PUBLIC else ():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                    operation["responses"].setdefault("401", UNAUTHORIZED)
         return document
 
     app.openapi = openapi
 
 
-def _body(model: type) -> dict:
-    """An OpenAPI request body for a route whose handler does not parse it (the fast path does)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-        }
-    }
+PLAIN_503 = {"description": "Not ready", "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _fast_path_operation(path: str, model: type, binary: bool = False) -> dict:
+    """OpenAPI for a route the fast path answers (its placeholder handler declares nothing): path parameters,
+    the request body, and for Open Inference Protocol infer also the binary tensor data extension."""
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in ("name", "version")
+        if "{" + name + "}" in path
+    ]
+    if binary:
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        parameters.append(
+            {
+                "name": "Inference-Header-Content-Length",
+                "in": "header",
+                "required": False,
+                "description": "Binary tensor data: the length of the JSON header that starts the body; the raw "
+                "tensor bytes follow it.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        )
+    return {"parameters": parameters, "requestBody": {"required": True, "content": content}}

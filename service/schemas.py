@@ -60,6 +60,10 @@ class RepositoryIndexEntry(BaseModel):
     reason: str = ""
 
 
+class Empty(BaseModel):
+    """What a successful repository load or unload answers (as Triton: an empty object)."""
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelListing]
 

@@ -16,10 +16,11 @@ import litserve as ls
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 
-from service import metrics, routes
+from service import control, metrics, routes
 from service.fastpath import FastPath, Gateway
 from service.protocol import protocol_for
 from service.registry import Registry
+from service.reload import Reloader
 from service.settings import Settings
 from service.transport import PipeLitServer
 from service.worker import InferenceAPI
@@ -33,7 +34,7 @@ def build(settings: Settings) -> ls.LitServer:
         settings.repository, settings.device, settings.max_rows_per_request, settings.default_model, sessions=False
     )
     record_startup(registry)
-    gateway = Gateway(settings, registry)
+    gateway = Gateway(settings, registry, reloader=Reloader(registry, control.polling_interval(settings)))
     api = InferenceAPI(settings)
     server = PipeLitServer(
         api,

@@ -72,9 +72,19 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     """When set, every route except liveness requires `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
 
+    management_key: SecretStr | None = None
+    """When set, the routes that change what is served (`POST /v2/repository/models/{name}/load|unload`) need
+    this key (same headers as the API key) and refuse the API key; it also passes wherever the API key does."""
+
+    model_control_mode: Literal["poll", "explicit", "none"] = "poll"
+    """How the served models follow the repository (after Triton's --model-control-mode). Every mode loads
+    every model present at start. `poll`: re-read the repository every poll_interval seconds; load and unload
+    requests are refused. `explicit`: no polling; only `POST /v2/repository/models/{name}/load|unload` change
+    what is served. `none`: what was there at start, nothing else (no polling, load and unload refused)."""
+
     poll_interval: float = Field(5.0, ge=0.0)
-    """Seconds between looks at the repository for new, removed or rolled-back versions; 0: only on demand
-    (`POST /v2/repository/index` lists, `.../models/{name}/load` re-reads a model)."""
+    """In `poll` mode, seconds between looks at the repository for new, removed or rolled-back versions;
+    0: never look again (like `none`)."""
 
     drift_z: float = Field(4.0, gt=0.0)
     """A feature counts as out of range (`tabserve_feature_out_of_range_total`) when its value, standardized

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -29,11 +30,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def republish(source: Path, repo: Path, name: str, corrupt: bool = False) -> Path:
+def republish(
+    source: Path, repo: Path, name: str, corrupt: bool = False, edit: Callable[[Path], None] | None = None
+) -> Path:
     """Publish a copy of an existing bundle as the next version of `name`: metadata and hashes rewritten.
 
     With `corrupt`, model.onnx is damaged after hashing, inside the atomic publish: the version appears
-    broken from its first moment, as a half-copied or tampered upload would be.
+    broken from its first moment, as a half-copied or tampered upload would be. `edit(folder)` changes the
+    files before they are hashed: a version whose hashes match what a hostile publisher made.
     """
     template = json.loads(Manifest.read(source).model_dump_json())
 
@@ -44,6 +48,8 @@ def republish(source: Path, repo: Path, name: str, corrupt: bool = False) -> Pat
         model = onnx.load(staging / repository.MODEL_FILE)
         onnx.helper.set_model_props(model, onnx_metadata(name, version, template["features"], template["classes"]))
         onnx.save(model, staging / repository.MODEL_FILE)
+        if edit is not None:
+            edit(staging)
         files = {p.name: sha256_file(p) for p in staging.iterdir()}
         manifest = Manifest.model_validate({**template, "name": name, "version": version, "files": files})
         manifest.write(staging)

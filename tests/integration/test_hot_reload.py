@@ -121,8 +121,8 @@ def test_retrain_rollback_and_a_corrupted_version_under_load(repo, tmp_path):
 
 
 def test_repository_extension_loads_and_unloads_on_demand(repo):
-    """Polling off: a new version waits for `load`; `unload` stops a model; the official Triton client drives it."""
-    server = Server(repo, "--poll-interval", "0")
+    """Explicit model control: a new version waits for `load`; `unload` stops a model; the Triton client drives it."""
+    server = Server(repo, "--model-control-mode", "explicit")
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     try:
         republish(repo / "iris" / "1", repo, "iris")

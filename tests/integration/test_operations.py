@@ -27,7 +27,9 @@ KEY = {"authorization": "Bearer s3cret"}
 def test_api_key_guards_everything_but_health_probes(limited):
     assert httpx.get(limited.url + "/v2/health/live").status_code == 200
     assert httpx.get(limited.url + "/v2/health/ready").status_code == 200
-    for method, path in (("GET", "/v1/models"), ("POST", "/predict"), ("GET", "/v2/models/iris")):
+    health = httpx.get(limited.url + "/health")  # LitServe's answered text without a content type
+    assert (health.status_code, health.text, health.headers["content-type"]) == (200, "ok", "text/plain; charset=utf-8")
+    for method, path in (("GET", "/v1/models"), ("POST", "/predict"), ("GET", "/v2/models/iris"), ("GET", "/")):
         response = httpx.request(method, limited.url + path, json={"instances": [[1, 2, 3, 4]]})
         assert response.status_code == 401 and "API key" in response.json()["error"]
     assert httpx.get(limited.url + "/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
@@ -51,6 +53,7 @@ def test_too_many_rows_and_too_many_bytes_are_413(limited):
         (["--repository", "/no/such/dir"], "'/no/such/dir' is not a directory"),
         (["--device", "tpu"], "invalid setting --device / TABSERVE_DEVICE"),
         (["--max-batch-rows", "-5"], "--max-batch-rows / TABSERVE_MAX_BATCH_ROWS"),
+        (["--model-control-mode", "manual"], "--model-control-mode / TABSERVE_MODEL_CONTROL_MODE: Input should be"),
     ],
 )
 def test_bad_settings_stop_startup_with_a_clear_message(flags, message):

@@ -91,6 +91,10 @@ BAD_REQUESTS = [
      "model 'nope' not found"),
     ("unknown version", {"json": {"instances": [[1, 2, 3, 4]]}}, "/v1/models/iris/versions/9/predict", 404,
      "has no version 9"),
+    ("version a digit but not a number", {"json": {"instances": [[1, 2, 3, 4]]}},
+     "/v1/models/iris/versions/%C2%B2/predict", 404, "'²' is not a version number"),  # was a 500
+    ("version beyond 64 bits", {"json": {"instances": [[1, 2, 3, 4]]}},
+     "/v1/models/iris/versions/99999999999999999999999/predict", 404, "is not a version number"),  # was a 500
     ("unavailable version", {"json": {"instances": [[1, 2, 3, 4]]}}, "/v1/models/iris/versions/3/predict", 503,
      "version 3 is unavailable"),
     ("OIP shape mismatch", {"json": {"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32",
@@ -108,6 +112,10 @@ BAD_REQUESTS = [
     ("OIP unknown output", {"json": {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
                                                  "data": [1, 2, 3, 4]}], "outputs": [{"name": "logits"}]}},
      "/v2/models/iris/infer", 400, "unknown output 'logits'"),
+    ("OIP output parameters not an object", {"json": {"inputs": [{"name": "features", "shape": [1, 4],
+                                                                  "datatype": "FP32", "data": [1, 2, 3, 4]}],
+                                                      "outputs": [{"name": "label", "parameters": "x"}]}},
+     "/v2/models/iris/infer", 400, "outputs[0].parameters: expected an object"),  # was a 500
 ]  # fmt: skip
 
 
@@ -118,6 +126,15 @@ def test_bad_input_gets_a_4xx_naming_the_problem(server, description, kwargs, pa
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]
     assert predict(server, {"instances": ROWS.tolist()}).status_code == 200  # and the server keeps serving
+
+
+@pytest.mark.parametrize("version", ["%C2%B2", "99999999999999999999999"])
+def test_odd_versions_in_read_routes_are_404s_in_json(server, version):
+    """Found by fuzzing: '²' passes str.isdigit() but not int(), a huge number did not fit the JSON encoder;
+    both were 500s, and FastAPI's were text/plain."""
+    for path in (f"/v1/models/iris/versions/{version}", f"/v2/models/iris/versions/{version}/ready"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 404 and "is not a version number" in response.json()["error"], path
 
 
 def test_bad_requests_never_fail_the_good_ones_batched_with_them(server, reference):

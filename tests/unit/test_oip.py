@@ -47,6 +47,15 @@ def test_binary_tensor_data():
         ({"inputs": [tensor(data=None, parameters={"binary_data_size": 16})]}, b"\0" * 12, BadRequest, "12 bytes"),
         ({"inputs": [tensor()], "outputs": [{"name": "logits"}]}, b"", BadRequest, "unknown output 'logits'"),
         ({"inputs": [tensor()], "id": 5}, b"", BadRequest, "id: expected a string"),
+        # found by the fuzzer: parameters that are not objects were 500s
+        ({"inputs": [tensor(parameters=5)]}, b"", BadRequest, "inputs[0].parameters: expected an object, got 5"),
+        ({"inputs": [tensor()], "parameters": "x"}, b"", BadRequest, "parameters: expected an object, got 'x'"),
+        (
+            {"inputs": [tensor()], "outputs": [{"name": "label", "parameters": []}]},
+            b"",
+            BadRequest,
+            "outputs[0].parameters: expected an object",
+        ),
     ],
 )
 def test_protocol_errors_are_400s_that_say_what_to_fix(request_body, binary, error, fragment):

@@ -1,0 +1,135 @@
+"""Model control (after Triton's `--model-control-mode`): who decides what is served, and the repository API.
+
+Every mode starts by loading every model in the repository (Triton's `--load-model=*`: a server that starts
+with nothing to serve helps nobody). Then:
+
+- `poll` (default): the repository is re-read every `poll_interval` seconds; publishing, rolling back or
+  deleting a version is how models change. Load and unload requests are refused, as in Triton: two masters
+  (the poller and an operator) would undo each other.
+- `explicit`: nothing is re-read on its own; `POST /v2/repository/models/{name}/load` re-reads that one
+  model (new versions, policy) and serves it again if it was unloaded, `.../unload` stops serving it.
+- `none`: what was there at start, nothing else.
+
+Load and unload take a model name only: a plain name whose folder, symlinks resolved, is directly inside the
+repository. They need the management key when one is set (service/auth.py). The index is read-only and
+stays behind the API key like the other reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+
+from bundle import repository
+from service import auth, metrics, schemas
+from service.errors import BadRequest, Forbidden, ModelNotFound, ModelNotReady, ServiceError, describe
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A model name as the repository API accepts it: no separators, no leading dot, so no `..` and no path."""
+
+
+def polling_interval(settings) -> float:
+    """Seconds between re-reads of the repository: only `poll` mode polls."""
+    return settings.poll_interval if settings.model_control_mode == "poll" else 0.0
+
+
+def refusal(settings) -> Forbidden | None:
+    """Why load and unload are refused in this mode (None in `explicit` mode, where they are the only way)."""
+    if settings.model_control_mode == "poll":
+        every = f"every {settings.poll_interval:g} s" if settings.poll_interval > 0 else "only at start"
+        return Forbidden(
+            f"model control mode is 'poll': the server reads the repository {every} and follows it, so load "
+            "and unload are refused; publish, roll back or remove versions in the repository instead, or start "
+            "the server with --model-control-mode explicit (TABSERVE_MODEL_CONTROL_MODE) to use this API",
+            reason="model_control_disabled",
+        )
+    if settings.model_control_mode == "none":
+        return Forbidden(
+            "model control mode is 'none': the server serves what the repository held at start and nothing "
+            "changes it; start it with --model-control-mode explicit (TABSERVE_MODEL_CONTROL_MODE) to load and "
+            "unload through this API",
+            reason="model_control_disabled",
+        )
+    return None
+
+
+def check_name(root: Path, name: str, served: Iterable[str] = ()) -> None:
+    """Refuse `name` unless it is a plain name of a model directly inside `root` (or one still `served` whose
+    folder was removed: unloading it must stay possible)."""
+    if not NAME.fullmatch(name):
+        raise BadRequest(
+            f"model name {describe(name)} is not valid: letters, digits, '.', '_', '-', at most 64, "
+            "starting with a letter or digit",
+            reason="invalid_model_name",
+            field="name",
+            expected=NAME.pattern,
+            got=describe(name),
+        )
+    folder = Path(root) / name
+    if folder.resolve().parent != Path(root).resolve():  # a symlink pointing out of the repository
+        raise Forbidden(
+            f"model {name!r} resolves to a folder outside the repository", reason="outside_repository", got=name
+        )
+    if name not in repository.model_names(root) and name not in served:
+        raise ModelNotFound(f"model {name!r} is not in the repository", field="model", got=name)
+
+
+def register(app: FastAPI, gateway, errors: dict) -> None:
+    """The Open Inference Protocol repository extension: index (read-only), load and unload."""
+    registry, settings = gateway.registry, gateway.settings
+    errors = {**errors, 403: {"model": schemas.ErrorResponse}}
+
+    @app.post("/v2/repository/index", response_model=list[schemas.RepositoryIndexEntry], tags=["repository"])
+    def repository_index():
+        """Every version this server has read and its state (polling keeps it fresh in `poll` mode)."""
+        return [
+            schemas.RepositoryIndexEntry(name=e.name, version=str(e.version), state=e.state, reason=e.reason or "")
+            for e in sorted(registry.entries(), key=lambda e: (e.name, e.version))
+        ]
+
+    async def control(action: str, name: str, request: Request) -> dict:
+        try:
+            auth.check_management(dict(request.scope["headers"]), settings)
+            if refused := refusal(settings):
+                raise refused
+            check_name(registry.root, name, registry.models)
+            if action == "load":
+                registry.unloaded.discard(name)
+            else:
+                registry.unloaded.add(name)
+            await gateway.reloader.reload({name})
+            if action == "load":
+                try:
+                    registry.get(name)
+                except ModelNotReady as e:  # as Triton: a model that fails to load is the request's 400
+                    raise BadRequest(e.message, reason="load_failed", field="model", got=name) from None
+        except ServiceError as e:
+            metrics.model_control_requests_total.labels(action, str(e.status)).inc()
+            raise
+        metrics.model_control_requests_total.labels(action, "200").inc()
+        return {}
+
+    for action, description in (
+        ("load", "`explicit` mode: re-read model `name` now and serve it (again); 400 if no version can serve."),
+        ("unload", "`explicit` mode: stop serving `name` until it is loaded again (queued requests still finish)."),
+    ):
+        app.add_api_route(
+            f"/v2/repository/models/{{name}}/{action}",
+            _handler(control, action),
+            methods=["POST"],
+            description=description,
+            response_model=schemas.Empty,
+            responses=errors,
+            tags=["repository"],
+        )
+
+
+def _handler(control, action: str):
+    async def handler(name: str, request: Request):
+        return await control(action, name, request)
+
+    handler.__name__ = f"repository_{action}"
+    return handler
