@@ -9,6 +9,7 @@ import copy
 import functools
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -125,7 +126,9 @@ def test_the_base_deployment_is_hardened_and_drains_within_its_grace_period():
     pod = deployment["spec"]["template"]["spec"]
     main = container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
-    assert main["securityContext"]["readOnlyRootFilesystem"] and not main["securityContext"]["allowPrivilegeEscalation"]
+    for each in pod["initContainers"] + pod["containers"]:
+        hardening = each["securityContext"]
+        assert hardening["readOnlyRootFilesystem"] and not hardening["allowPrivilegeEscalation"], each["name"]
     assert set(probes(main)) == {"startupProbe", "readinessProbe", "livenessProbe"}
     assert probes(main)["livenessProbe"]["path"] == "/v2/health/live"
     assert {p["path"] for k, p in probes(main).items() if k != "livenessProbe"} == {"/v2/health/ready"}
@@ -230,15 +233,16 @@ def test_every_probe_path_answers_on_a_real_server(tmp_path):
 
 def kube_play_manifest(deployment: dict, image: str, repository: Path, port: int) -> dict:
     """The rendered Deployment, adapted to one machine without a cluster: the image just built, the repository
-    from a host folder instead of the PersistentVolumeClaim, the container port published on a free host port,
+    in a host folder instead of the PersistentVolumeClaim, the container port published on a free host port,
     one replica."""
     deployment = copy.deepcopy(deployment)
     deployment["spec"]["replicas"] = 1
-    main = container(deployment)
-    main["image"] = image
-    (http,) = main["ports"]
+    pod = deployment["spec"]["template"]["spec"]
+    for each in pod["initContainers"] + pod["containers"]:
+        each["image"] = image
+    (http,) = container(deployment)["ports"]
     http["hostPort"] = port
-    for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+    for volume in pod["volumes"]:
         if volume.pop("persistentVolumeClaim", None):
             volume["hostPath"] = {"path": str(repository), "type": "Directory"}
     return deployment
@@ -247,7 +251,8 @@ def kube_play_manifest(deployment: dict, image: str, repository: Path, port: int
 def test_the_base_deployment_runs_under_podman_kube_play(serve_image, tmp_path):
     deployment = one("base", "Deployment")
     port = free_port()
-    shutil.copytree(ROOT / "models", tmp_path / "models")
+    (tmp_path / "models").mkdir()  # empty, as a new volume is: the init container seeds the default model
+    os.chown(tmp_path / "models", 10001, 10001)  # as fsGroup makes a volume writable for the pod's user
     manifest = tmp_path / "deployment.yaml"
     manifest.write_text(yaml.safe_dump(kube_play_manifest(deployment, serve_image, tmp_path / "models", port)))
     name = f"{deployment['metadata']['name']}-pod-0"
@@ -264,5 +269,6 @@ def test_the_base_deployment_runs_under_podman_kube_play(serve_image, tmp_path):
         assert inspect["HostConfig"]["ReadonlyRootfs"] and inspect["Config"]["User"].split(":")[0] == "10001"
         assert podman("exec", ctr, "touch", "/home/tabserve/x", check=False).returncode != 0  # read-only root
         assert podman("exec", ctr, "touch", "/tmp/x", check=False).returncode == 0  # the emptyDir
+        assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["iris"]  # seeded, no copy left behind
     finally:
         podman("kube", "down", str(manifest), check=False, timeout=60)
