@@ -27,7 +27,7 @@ from tests.conftest import ROOT
 CACHE = ROOT / ".cache" / "containers"
 DOCKER = ROOT / "deploy" / "docker"
 ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "tests" / "containers.conf")}
-TOOLS = ("podman", "mmdebstrap", "runc", "podman-compose")
+TOOLS = ("podman", "runc", "catatonit", "mmdebstrap", "podman-compose")  # catatonit: kube play's pause
 BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
 SOURCES = ("pyproject.toml", "constraints.txt", "README.md", "bundle", "service", "training", "models")
 """What the Dockerfiles copy from the build context (.dockerignore lets only these through)."""

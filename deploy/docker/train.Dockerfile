@@ -9,13 +9,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 MPLBAC
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
 # torch's CPU wheel first, from PyTorch's index: the default PyPI wheel brings gigabytes of CUDA libraries.
 # TORCH_SOURCE says where pip finds it; e.g. a folder of wheels mounted into the build (what the tests do):
 #   podman build -v "$PWD/wheels:/wheels:ro" --build-arg TORCH_SOURCE="--find-links /wheels" ...
 ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
 # hadolint ignore=SC2086,DL3013
 RUN pip install $TORCH_SOURCE torch==2.13.0
+# The sources after torch: a code change rebuilds from here, not the torch layer.
+COPY pyproject.toml constraints.txt README.md ./
 COPY bundle/ bundle/
 COPY service/ service/
 COPY training/ training/

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
@@ -234,8 +235,9 @@ def test_every_probe_path_answers_on_a_real_server(tmp_path):
 def kube_play_manifest(deployment: dict, image: str, repository: Path, port: int) -> dict:
     """The rendered Deployment, adapted to one machine without a cluster: the image just built, the repository
     in a host folder instead of the PersistentVolumeClaim, the container port published on a free host port,
-    one replica."""
+    one replica, a name of its own."""
     deployment = copy.deepcopy(deployment)
+    deployment["metadata"]["name"] = f"tabserve-test-{uuid.uuid4().hex[:8]}"  # its own pod name
     deployment["spec"]["replicas"] = 1
     pod = deployment["spec"]["template"]["spec"]
     for each in pod["initContainers"] + pod["containers"]:
@@ -254,8 +256,9 @@ def test_the_base_deployment_runs_under_podman_kube_play(serve_image, tmp_path):
     (tmp_path / "models").mkdir()  # empty, as a new volume is: the init container seeds the default model
     os.chown(tmp_path / "models", 10001, 10001)  # as fsGroup makes a volume writable for the pod's user
     manifest = tmp_path / "deployment.yaml"
-    manifest.write_text(yaml.safe_dump(kube_play_manifest(deployment, serve_image, tmp_path / "models", port)))
-    name = f"{deployment['metadata']['name']}-pod-0"
+    played = kube_play_manifest(deployment, serve_image, tmp_path / "models", port)
+    manifest.write_text(yaml.safe_dump(played))
+    name = f"{played['metadata']['name']}-pod-0"
     url = f"http://127.0.0.1:{port}"
     try:
         podman("kube", "play", str(manifest), timeout=120)
