@@ -13,11 +13,16 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3.11 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# The gpu extra replaces onnxruntime by onnxruntime-gpu: never both in one environment.
+# Dependencies (from pyproject.toml) in their own layer: a code or README change rebuilds only the layers after it.
+COPY pyproject.toml constraints.txt ./
+RUN /opt/venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print(*p['dependencies'], *p['optional-dependencies']['gpu'], sep=chr(10))" > requirements.txt \
+    && /opt/venv/bin/pip install -c constraints.txt -r requirements.txt
+COPY README.md ./
 COPY bundle/ bundle/
 COPY service/ service/
-# The gpu extra replaces onnxruntime by onnxruntime-gpu: never both in one environment.
-RUN /opt/venv/bin/pip install -c constraints.txt ".[gpu]"
+RUN /opt/venv/bin/pip install --no-deps .
 
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

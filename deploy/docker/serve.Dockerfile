@@ -9,10 +9,15 @@ ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# Dependencies (from pyproject.toml) in their own layer: a code or README change rebuilds only the layers after it.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print(*p['dependencies'], *p['optional-dependencies']['serve'], sep=chr(10))" > requirements.txt \
+    && /opt/venv/bin/pip install -c constraints.txt -r requirements.txt
+COPY README.md ./
 COPY bundle/ bundle/
 COPY service/ service/
-RUN /opt/venv/bin/pip install -c constraints.txt ".[serve]"
+RUN /opt/venv/bin/pip install --no-deps .
 
 FROM ${BASE_IMAGE}
 RUN useradd --system --uid 10001 --create-home --home-dir /home/tabserve tabserve \

@@ -15,12 +15,16 @@ WORKDIR /src
 ARG TORCH_SOURCE="--index-url https://download.pytorch.org/whl/cpu"
 # hadolint ignore=SC2086,DL3013
 RUN pip install $TORCH_SOURCE torch==2.13.0
-# The sources after torch: a code change rebuilds from here, not the torch layer.
-COPY pyproject.toml constraints.txt README.md ./
+# Dependencies (from pyproject.toml) in their own layer: a code or README change rebuilds only the layers after it.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print(*p['dependencies'], *p['optional-dependencies']['train'], sep=chr(10))" > requirements.txt \
+    && pip install -c constraints.txt -r requirements.txt
+COPY README.md ./
 COPY bundle/ bundle/
 COPY service/ service/
 COPY training/ training/
-RUN pip install -c constraints.txt ".[train]" \
+RUN pip install --no-deps . \
     && useradd --system --uid 10001 --create-home --home-dir /home/tabserve tabserve \
     && mkdir /models && chown tabserve /models
 USER 10001
