@@ -82,7 +82,9 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validato
 
 
 def test_every_overlay_is_here():
-    assert KUSTOMIZATIONS == ["base", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring"]
+    assert KUSTOMIZATIONS == [
+        "base", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring", "train"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
@@ -214,6 +216,22 @@ def test_the_kserve_runtime_matches_its_inference_service():
     assert model["runtime"] == runtime["metadata"]["name"] and model["modelFormat"]["name"] == "onnx"
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"] and model["storageUri"]
     assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+
+
+def test_the_training_job_publishes_into_the_serving_repository():
+    """The Job writes where the Deployment reads; its read-only root holds nothing the trainer writes (run and
+    checked with `podman run --read-only` on the training image: it published iris/1)."""
+    job = one("train", "Job")
+    (train,) = job["spec"]["template"]["spec"]["containers"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in train["volumeMounts"]}
+    args = train["args"]
+    repository = args[args.index("--repository") + 1]
+    claim = volumes[mounts[repository]]["persistentVolumeClaim"]["claimName"]
+    assert claim == one("base", "PersistentVolumeClaim")["metadata"]["name"]
+    assert train["image"].split(":")[0] == "tabserve-train" and train["securityContext"]["readOnlyRootFilesystem"]
+    assert args[args.index("--workdir") + 1].startswith("/tmp/") and "emptyDir" in volumes[mounts["/tmp"]]
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001  # as the images' user
 
 
 def test_every_probe_path_answers_on_a_real_server(tmp_path):
