@@ -25,11 +25,17 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages the tests and benchmarks run for real: Prometheus (+ promtool), docker-compose (to validate
-# the compose file without an engine), hey (load generator). Installed only when missing.
+# the compose file without an engine), podman + runc + catatonit (kube play's pause process) + mmdebstrap +
+# podman-compose (the tests build the images from a local Debian base and run them, the compose services and the
+# Kubernetes Deployment; with the CNI plugins, not netavark: the network backend checked here), hey (load
+# generator). `command:package[+package]`, installed only when the command is missing. kubectl (`kubectl
+# kustomize`) is not among them: Debian's kubernetes-client (1.20) is too old; https://kubernetes.io/docs/tasks/tools/
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := prometheus:prometheus promtool:prometheus docker-compose:docker-compose
+APT_PACKAGES := prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
+	podman:podman+containernetworking-plugins runc:runc catatonit:catatonit mmdebstrap:mmdebstrap \
+	podman-compose:podman-compose
 tools:
-	@missing="$$(for p in $(APT_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p##*:}; done | sort -u)"; \
+	@missing="$$(for p in $(APT_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p##*:} | tr + '\n'; done | sort -u)"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

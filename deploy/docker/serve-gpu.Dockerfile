@@ -1,7 +1,11 @@
 # tabserve GPU serving image: onnxruntime-gpu (CUDA 12, cuDNN 9) instead of onnxruntime, no torch.
 #   docker build -f deploy/docker/serve-gpu.Dockerfile -t tabserve-serve-gpu .
 #   docker run --gpus all -p 8000:8000 tabserve-serve-gpu      (TABSERVE_DEVICE=auto picks CUDA when it sees a GPU)
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS build
+# The base image is a build argument, as in the CPU images.
+ARG BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+FROM ${BASE_IMAGE} AS build
+# pip reads PIP_INDEX_URL: pass your mirror, if you use one, with --build-arg.
+ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -9,13 +13,18 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3.11 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# The gpu extra replaces onnxruntime by onnxruntime-gpu: never both in one environment.
+# Dependencies (from pyproject.toml) in their own layer: a code or README change rebuilds only the layers after it.
+COPY pyproject.toml constraints.txt ./
+RUN /opt/venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print(*p['dependencies'], *p['optional-dependencies']['gpu'], sep=chr(10))" > requirements.txt \
+    && /opt/venv/bin/pip install -c constraints.txt -r requirements.txt
+COPY README.md ./
 COPY bundle/ bundle/
 COPY service/ service/
-# The gpu extra replaces onnxruntime by onnxruntime-gpu: never both in one environment.
-RUN /opt/venv/bin/pip install -c constraints.txt ".[gpu]"
+RUN /opt/venv/bin/pip install --no-deps .
 
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -28,12 +37,12 @@ COPY --chown=tabserve models/ /models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TABSERVE_HOST=0.0.0.0 \
-    TABSERVE_PORT=8000 \
     TABSERVE_REPOSITORY=/models \
     TABSERVE_DEVICE=auto
 USER 10001
 WORKDIR /home/tabserve
+# Port 8000 unless TABSERVE_PORT (or, with no TABSERVE_PORT, PORT: KServe, Cloud Run) says otherwise.
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request as u; port = os.environ.get('TABSERVE_PORT') or os.environ.get('PORT', '8000'); u.urlopen(f'http://127.0.0.1:{port}/v2/health/ready', timeout=2)"]
 CMD ["python", "-m", "service"]

@@ -1,5 +1,6 @@
 import pytest
 
+from tests import containers
 from tests.serving import Server, republish
 
 
@@ -24,3 +25,18 @@ def server(repo):
     )
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_image():
+    """The CPU serving image, built from the local Debian base (cached by a hash of its inputs)."""
+    containers.require_podman()
+    return containers.build("serve.Dockerfile")
+
+
+@pytest.fixture(scope="session")
+def train_image():
+    """The training image, with torch from a folder of wheels instead of PyTorch's index."""
+    containers.require_podman()
+    wheels = containers.torch_wheels()
+    return containers.build("train.Dockerfile", {"TORCH_SOURCE": "--find-links /wheels"}, {wheels: "/wheels"})
