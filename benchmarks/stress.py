@@ -1,10 +1,12 @@
 """`make stress`: tabserve under overload, abandoned requests, a worker kill, slow clients and a soak.
 
 Loopback only, bounded in time (about 6 minutes) and stops by itself. Every phase runs against a real
-`python -m service` with its default settings on the digits model; hey drives the load while two threads
-watch: one probes `GET /v2/health/live` on a fresh connection every 100 ms (as a kubelet would), one samples the
-memory of the whole process tree (the sum of each process's proportional set size, so pages shared after the
-fork are counted once). Results: one table on stdout and `benchmarks/results/stress.{json,md}`.
+`python -m service` with its default settings on the digits model, plus a health port as the Kubernetes
+manifests set it; hey drives the load while threads watch: two probe `GET /v2/health/live` on a fresh
+connection every 100 ms (as a kubelet would), one on the health port and one on the main port (where probes wait
+in line with every client connection), and one samples the memory of the whole process tree (the sum of each
+process's proportional set size, so pages shared after the fork are counted once). Results: one table on
+stdout and `benchmarks/results/stress.{json,md}`.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ class Watch:
     """Liveness latency and peak memory while a phase runs (two daemon threads, stopped on exit)."""
 
     def __init__(self, port: int, root: int):
-        self.port, self.root = port, root
-        self.live_ms: list[float] = []
+        self.ports, self.root = (port + 1, port), root  # the health port, the main port
+        self.live_ms: dict[int, list[float]] = {port: [] for port in self.ports}
         self.peak_mib = 0.0
         self.stop = threading.Event()
 
     def __enter__(self) -> Watch:
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._probe, self._sample)]
+        targets = [lambda p=p: self._probe(p) for p in self.ports] + [self._sample]
+        self.threads = [threading.Thread(target=f, daemon=True) for f in targets]
         for thread in self.threads:
             thread.start()
         return self
@@ -62,25 +65,25 @@ class Watch:
         for thread in self.threads:
             thread.join(10)
 
-    def _probe(self) -> None:
+    def _probe(self, port: int) -> None:
         while not self.stop.wait(0.1):
             started = time.perf_counter()
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 connection.request("GET", "/v2/health/live")
                 ok = connection.getresponse().status == 200
                 connection.close()
             except OSError:
                 ok = False
-            self.live_ms.append((time.perf_counter() - started) * 1000 if ok else 5000.0)
+            self.live_ms[port].append((time.perf_counter() - started) * 1000 if ok else 5000.0)
 
     def _sample(self) -> None:
         while not self.stop.wait(0.2):
             self.peak_mib = max(self.peak_mib, tree_mib(self.root))
 
-    @property
-    def live_p99_ms(self) -> float:
-        return float(np.percentile(self.live_ms, 99)) if self.live_ms else float("nan")
+    def live_p99_ms(self, main: bool = False) -> float:
+        latencies = self.live_ms[self.ports[1] if main else self.ports[0]]
+        return float(np.percentile(latencies, 99)) if latencies else float("nan")
 
 
 @dataclass
@@ -89,13 +92,17 @@ class Phase:
     goodput_rps: float  # 2xx answers per second
     p99_ms: float | None  # of the 2xx answers
     statuses: dict[int, int]
-    live_p99_ms: float
+    live_p99_ms: float  # on the health port
+    live_main_p99_ms: float  # on the main port
     peak_mib: float
     note: str = ""
 
 
 def phase(name: str, stats: Stats, watch: Watch, note: str = "") -> Phase:
-    return Phase(name, stats.rps, stats.p99_ms, stats.statuses, watch.live_p99_ms, watch.peak_mib, note)
+    return Phase(
+        name, stats.rps, stats.p99_ms, stats.statuses, watch.live_p99_ms(), watch.live_p99_ms(main=True),
+        watch.peak_mib, note,
+    )  # fmt: skip
 
 
 def storm_body() -> bytes:
@@ -166,13 +173,23 @@ def worker_pid(log: Path, index: int) -> int:
     return pids[index]
 
 
+def port_pair() -> int:
+    """A free port whose successor is free too: the server's port and its health port."""
+    while True:
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 1))
+            return port
+
+
 def serve(repository: Path, port: int, log: Path, *flags: str):
-    command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(port), *flags]
+    command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(port),
+               "--health-port", str(port + 1), *flags]  # fmt: skip
     return running(command, f"http://127.0.0.1:{port}/v2/health/ready", log, 120, model.ROOT)
 
 
 def overload_phases(repository: Path, bodies: dict[str, bytes], out: dict) -> list[Phase]:
-    port, log = free_port(), RESULTS / "stress-server.log"
+    port, log = port_pair(), RESULTS / "stress-server.log"
     url = f"http://127.0.0.1:{port}/predict"
     storm = Load(url, bodies["storm"], STORM_ROWS, STORM_CLIENTS)
     one = Load(url, bodies["one"], 1, 16)
@@ -202,7 +219,7 @@ def overload_phases(repository: Path, bodies: dict[str, bytes], out: dict) -> li
 
 
 def kill_phase(repository: Path, bodies: dict[str, bytes], out: dict) -> Phase:
-    port, log = free_port(), RESULTS / "stress-server-kill.log"
+    port, log = port_pair(), RESULTS / "stress-server-kill.log"
     url = f"http://127.0.0.1:{port}/predict"
     with serve(repository, port, log, "--workers", "2") as server:
         time.sleep(2)
@@ -218,7 +235,7 @@ def kill_phase(repository: Path, bodies: dict[str, bytes], out: dict) -> Phase:
 
 
 def soak_phase(repository: Path, bodies: dict[str, bytes], out: dict, seconds: float) -> Phase:
-    port, log = free_port(), RESULTS / "stress-server-soak.log"
+    port, log = port_pair(), RESULTS / "stress-server-soak.log"
     url = f"http://127.0.0.1:{port}/predict"
     mixed = [Load(url, bodies["one"], 1, 16), Load(url, bodies["hundred"], 100, 16)]
     with serve(repository, port, log) as server:
@@ -255,7 +272,7 @@ def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
         ("impatient goodput ≥ 60% of patient", f"{ratio:.0%}", ratio >= 0.6),
         ("1-row request right after the storm < 100 ms", f"{max(out['after_storm_ms']):.1f} ms",
          max(out["after_storm_ms"]) < 100),
-        ("liveness p99 ≤ 100 ms during the storms", f"{max(p.live_p99_ms for p in storms):.1f} ms",
+        ("liveness p99 ≤ 100 ms during the storms (health port)", f"{max(p.live_p99_ms for p in storms):.1f} ms",
          max(p.live_p99_ms for p in storms) <= 100),
         ("peak memory ≤ idle + 512 MiB", f"{peak:.0f} MiB (idle {out['idle_mib']:.0f})", peak <= out["idle_mib"] + 512),
         ("only 2xx / 4xx / 503 answers", ", ".join(map(str, sorted(codes))),
@@ -269,12 +286,14 @@ def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
 
 
 def table(phases: list[Phase], checks: list[tuple[str, str, bool]]) -> str:
-    lines = ["| phase | goodput (2xx/s) | p99 of 2xx | statuses | liveness p99 | peak memory | note |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| phase | goodput (2xx/s) | p99 of 2xx | statuses | liveness p99: health port / main port "
+             "| peak memory | note |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in phases:
         p99 = f"{p.p99_ms:.0f} ms" if p.p99_ms is not None else "–"
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(p.statuses.items()))
-        lines.append(f"| {p.name} | {p.goodput_rps:,.1f} | {p99} | {statuses} | {p.live_p99_ms:.1f} ms | "
+        live = f"{p.live_p99_ms:.1f} / {p.live_main_p99_ms:.1f} ms"
+        lines.append(f"| {p.name} | {p.goodput_rps:,.1f} | {p99} | {statuses} | {live} "
+                     f"| "
                      f"{p.peak_mib:.0f} MiB | {p.note} |")  # fmt: skip
     lines += ["", "| bar | measured | verdict |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {'met' if ok else 'MISSED'} |" for name, value, ok in checks]

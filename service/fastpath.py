@@ -175,6 +175,7 @@ class FastPath:
     def __init__(self, app, gateway: Gateway):
         self.app = app
         self.gateway = gateway
+        self.health_port = gateway.settings.health_port
         self.ids = request_ids()
         # Built when the forked HTTP process serves its first request, after every import and model load.
         # Move those long-lived objects out of the collector's reach: full collections over FastAPI,
@@ -191,6 +192,9 @@ class FastPath:
         path = scope["path"]
         if path in HEALTH and scope["method"] == "GET":
             return await self.health(path, request_id, send)
+        if self.health_port and scope["server"] and scope["server"][1] == self.health_port and path != "/metrics":
+            body = b'{"error":"this port serves only /v2/health/live, /v2/health/ready and /metrics","reason":"http"}'
+            return await _respond(send, 404, body, [(b"content-type", b"application/json")])
         if scope["method"] == "POST" and ((match := PREDICT.match(path)) or (match := INFER.match(path))):
             return await self.predict(
                 "predict" if match.re is PREDICT else "infer", match, headers, request_id, receive, send

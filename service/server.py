@@ -13,6 +13,7 @@ import os
 import signal
 
 import litserve as ls
+import uvicorn
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -50,6 +51,8 @@ def build(settings: Settings) -> ls.LitServer:
         r for r in server.app.router.routes if not (isinstance(r, APIRoute) and r.path == api.api_path)
     ]
     server.http_protocol = protocol_for(settings)
+    if settings.health_port:
+        server.health_socket = uvicorn.Config(app=None, host=settings.host, port=settings.health_port).bind_socket()
     # The fast path is the outermost ASGI layer: prediction requests skip Starlette's error and exception
     # middleware (it catches its own errors); every other request passes through to the full stack.
     build_stack = server.app.build_middleware_stack

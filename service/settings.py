@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1024, le=65535, validation_alias=AliasChoices("TABSERVE_PORT", "PORT"))
     """Port to listen on; `PORT` (set by KServe and Knative) is used when TABSERVE_PORT is not set."""
 
+    health_port: int = Field(0, ge=0, le=65535)
+    """A second port that answers only `/v2/health/live`, `/v2/health/ready` and `/metrics`: orchestrator probes
+    there never queue behind client connections, however many a storm opens. 0: none (probes use `port`)."""
+
     repository: Path = Path("models")
     """The model repository: `<repository>/<name>/<version>/` as published by `python -m training train`."""
 
@@ -103,6 +107,13 @@ class Settings(BaseSettings):
                 ipaddress.ip_address(value)
             except ValueError:
                 raise ValueError(f"expected an IP address or 'localhost', got {value!r}") from None
+        return value
+
+    @field_validator("health_port")
+    @classmethod
+    def _health_port(cls, value: int) -> int:
+        if value and value < 1024:
+            raise ValueError(f"expected 0 (none) or a port from 1024 to 65535, got {value}")
         return value
 
     @field_validator("repository")

@@ -15,8 +15,8 @@ over 2 GiB): workers use plain blocking `Connection` calls, the HTTP process rea
 without ever blocking its event loop (`FrameReader`, service/dispatch.py).
 
 Depends on LitServe 0.2.19's private `_init_manager`, `litapi_request_queues`, `_transport`,
-`_start_worker_monitoring`, `launch_single_inference_worker` and `_perform_graceful_shutdown` (pinned; each is
-exercised by tests/integration/test_resilience.py and tests/unit/test_transport.py).
+`_start_worker_monitoring`, `launch_single_inference_worker`, `_start_server` and `_perform_graceful_shutdown`
+(pinned; each is exercised by tests/integration/test_resilience.py and tests/unit/test_transport.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import socket
 import struct
 import threading
 import time
@@ -211,6 +212,14 @@ class PipeLitServer(ls.LitServer):
                         self.inference_workers[index] = self.launch_single_inference_worker(self.lit_api, index)
 
         threading.Thread(target=monitor, daemon=True, name="tabserve-worker-monitor").start()
+
+    health_socket: socket.socket | None = None
+    """A second listening socket (settings.health_port), served by the same HTTP processes."""
+
+    def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
+        if self.health_socket is not None:
+            sockets = [*sockets, self.health_socket]
+        return super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
 
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
         with self._launch_lock:  # no replacement may start once shutdown has begun

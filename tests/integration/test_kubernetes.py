@@ -5,6 +5,7 @@ Deployment runs under `podman kube play` on the built serving image, its probes 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -156,7 +158,8 @@ def test_ports_and_selectors_agree():
     main = container(deployment)
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports["http"] == int(env(main)["TABSERVE_PORT"])
-    assert all(probe["port"] in ports for probe in probes(main).values())
+    assert ports["health"] == int(env(main)["TABSERVE_HEALTH_PORT"])
+    assert {probe["port"] for probe in probes(main).values()} == {"health"}  # never behind client connections
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
     monitor = one("overlays/monitoring", "ServiceMonitor")
@@ -256,7 +259,7 @@ def test_every_probe_path_answers_on_a_real_server(tmp_path):
 
 def kube_play_manifest(deployment: dict, image: str, repository: Path, port: int) -> dict:
     """The rendered Deployment, adapted to one machine without a cluster: the image just built, the repository
-    in a host folder instead of the PersistentVolumeClaim, the container port published on a free host port,
+    in a host folder instead of the PersistentVolumeClaim, the container ports published on free host ports,
     one replica, a name of its own."""
     deployment = copy.deepcopy(deployment)
     deployment["metadata"]["name"] = f"tabserve-test-{uuid.uuid4().hex[:8]}"  # its own pod name
@@ -264,12 +267,21 @@ def kube_play_manifest(deployment: dict, image: str, repository: Path, port: int
     pod = deployment["spec"]["template"]["spec"]
     for each in pod["initContainers"] + pod["containers"]:
         each["image"] = image
-    (http,) = container(deployment)["ports"]
-    http["hostPort"] = port
+    for offset, each in enumerate(container(deployment)["ports"]):  # http, then health
+        each["hostPort"] = port + offset
     for volume in pod["volumes"]:
         if volume.pop("persistentVolumeClaim", None):
             volume["hostPath"] = {"path": str(repository), "type": "Directory"}
     return deployment
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too."""
+    while True:
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 1))
+            return port
 
 
 def kube_play(manifest: Path, attempts: int = 3) -> None:
@@ -288,7 +300,7 @@ def kube_play(manifest: Path, attempts: int = 3) -> None:
 
 def test_the_base_deployment_runs_under_podman_kube_play(serve_image, tmp_path):
     deployment = one("base", "Deployment")
-    port = free_port()
+    port = free_port_pair()  # http, health
     (tmp_path / "models").mkdir()  # empty, as a new volume is: the init container seeds the default model
     os.chown(tmp_path / "models", 10001, 10001)  # as fsGroup makes a volume writable for the pod's user
     manifest = tmp_path / "deployment.yaml"
@@ -300,8 +312,8 @@ def test_the_base_deployment_runs_under_podman_kube_play(serve_image, tmp_path):
         kube_play(manifest)
         ctr = f"{name}-{container(deployment)['name']}"
         wait_ready(url, lambda: podman("logs", ctr, check=False).stderr)
-        for kind, probe in probes(container(deployment)).items():
-            assert httpx.get(url + probe["path"], timeout=2).status_code == 200, kind
+        for kind, probe in probes(container(deployment)).items():  # on the health port
+            assert httpx.get(f"http://127.0.0.1:{port + 1}{probe['path']}", timeout=2).status_code == 200, kind
         answer = httpx.post(f"{url}/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}).json()
         assert answer["predictions"][0]["label"] == "setosa"
         inspect = json.loads(podman("container", "inspect", ctr).stdout)[0]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.metrics_text import Scrape
-from tests.serving import Server
+from tests.serving import Server, free_port
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 ANNOUNCED = re.compile(r"inference worker (\d+) \(pid (\d+)\) takes requests")
@@ -213,3 +213,18 @@ def test_oversized_headers_are_431(strict):
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 4096 + b"\r\n\r\n")
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 431 ") and b'"error"' in answer
+
+
+def test_the_health_port_answers_probes_and_nothing_else(repo):
+    port = free_port()
+    process = Server(repo, "--health-port", str(port))
+    try:
+        health = f"http://127.0.0.1:{port}"
+        assert httpx.get(health + "/v2/health/live").json() == {"live": True}
+        assert httpx.get(health + "/v2/health/ready").json() == {"ready": True}
+        assert "tabserve_requests_in_flight" in httpx.get(health + "/metrics").text
+        refused = httpx.post(health + "/predict", json={"instances": [ROW]})
+        assert refused.status_code == 404 and "serves only" in refused.json()["error"]
+        assert predict(process).status_code == 200  # the main port is unchanged
+    finally:
+        process.stop()
