@@ -42,6 +42,7 @@ class Stats:
     p50_ms: float | None
     p99_ms: float | None
     statuses: dict[int, int]
+    refused_p99_ms: float | None = None  # of the 503 answers (shed load)
 
     @property
     def rps(self) -> float:
@@ -82,7 +83,7 @@ def drive(load: Load, duration: float, timeout: int = 10) -> Stats:
 
 def parse_csv(text: str, rows: int, duration: float) -> Stats:
     """Stats from hey's CSV: rps and rows/s over the run's wall time, p50/p99 over the 2xx answers."""
-    latencies, statuses, end = [], {}, 0.0
+    latencies, refused, statuses, end = [], [], {}, 0.0
     for record in csv.DictReader(io.StringIO(text)):
         with contextlib.suppress(KeyError, ValueError):
             latency, status, offset = (
@@ -94,6 +95,8 @@ def parse_csv(text: str, rows: int, duration: float) -> Stats:
             end = max(end, offset + latency)
             if 200 <= status < 300:
                 latencies.append(latency)
+            elif status == 503:
+                refused.append(latency)
     ok = len(latencies)
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (None, None)
     return Stats(
@@ -103,5 +106,6 @@ def parse_csv(text: str, rows: int, duration: float) -> Stats:
         rows_per_request=rows,
         p50_ms=None if p50 is None else float(p50),
         p99_ms=None if p99 is None else float(p99),
+        refused_p99_ms=float(np.percentile(refused, 99) * 1000) if refused else None,
         statuses=statuses,
     )

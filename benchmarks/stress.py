@@ -91,6 +91,7 @@ class Phase:
     name: str
     goodput_rps: float  # 2xx answers per second
     p99_ms: float | None  # of the 2xx answers
+    refused_p99_ms: float | None  # of the 503 answers, as the client saw them (including its upload)
     statuses: dict[int, int]
     live_p99_ms: float  # on the health port
     live_main_p99_ms: float  # on the main port
@@ -100,8 +101,8 @@ class Phase:
 
 def phase(name: str, stats: Stats, watch: Watch, note: str = "") -> Phase:
     return Phase(
-        name, stats.rps, stats.p99_ms, stats.statuses, watch.live_p99_ms(), watch.live_p99_ms(main=True),
-        watch.peak_mib, note,
+        name, stats.rps, stats.p99_ms, stats.refused_p99_ms, stats.statuses, watch.live_p99_ms(),
+        watch.live_p99_ms(main=True), watch.peak_mib, note,
     )  # fmt: skip
 
 
@@ -286,13 +287,14 @@ def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
 
 
 def table(phases: list[Phase], checks: list[tuple[str, str, bool]]) -> str:
-    lines = ["| phase | goodput (2xx/s) | p99 of 2xx | statuses | liveness p99: health port / main port "
-             "| peak memory | note |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| phase | goodput (2xx/s) | p99 of 2xx | p99 of 503 | statuses | liveness p99: health port / main port "
+             "| peak memory | note |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in phases:
         p99 = f"{p.p99_ms:.0f} ms" if p.p99_ms is not None else "–"
+        refused = f"{p.refused_p99_ms:.0f} ms" if p.refused_p99_ms is not None else "–"
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(p.statuses.items()))
         live = f"{p.live_p99_ms:.1f} / {p.live_main_p99_ms:.1f} ms"
-        lines.append(f"| {p.name} | {p.goodput_rps:,.1f} | {p99} | {statuses} | {live} "
+        lines.append(f"| {p.name} | {p.goodput_rps:,.1f} | {p99} | {refused} | {statuses} | {live} "
                      f"| "
                      f"{p.peak_mib:.0f} MiB | {p.note} |")  # fmt: skip
     lines += ["", "| bar | measured | verdict |", "|---|---|---|"]
