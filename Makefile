@@ -87,7 +87,7 @@ bench: setup
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
 	BENCH_DURATION=$(BENCH_DURATION) $(PY) -m benchmarks.run
 
-## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 8 minutes).
+## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 4 minutes).
 stress: setup
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
 	$(PY) -m benchmarks.stress

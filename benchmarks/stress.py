@@ -269,6 +269,7 @@ def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
     codes = {code for p in phases for code in p.statuses}
     ratio = impatient.goodput_rps / patient.goodput_rps if patient.goodput_rps else 0.0
     peak = max(p.peak_mib for p in storms)
+    refused = max(p.refused_p99_ms or 0.0 for p in storms)
     return [
         ("impatient goodput ≥ 60% of patient", f"{ratio:.0%}", ratio >= 0.6),
         ("1-row request right after the storm < 100 ms", f"{max(out['after_storm_ms']):.1f} ms",
@@ -276,6 +277,7 @@ def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
         ("liveness p99 ≤ 100 ms during the storms (health port)", f"{max(p.live_p99_ms for p in storms):.1f} ms",
          max(p.live_p99_ms for p in storms) <= 100),
         ("peak memory ≤ idle + 512 MiB", f"{peak:.0f} MiB (idle {out['idle_mib']:.0f})", peak <= out["idle_mib"] + 512),
+        ("refusals p99 ≤ 20 ms as clients see them, in the storms", f"{refused:.0f} ms", refused <= 20),
         ("only 2xx / 4xx / 503 answers", ", ".join(map(str, sorted(codes))),
          all(c < 500 or c == 503 for c in codes)),
         ("normal traffic with slow clients ≥ 90%", f"{out['slow_ratio']:.0%}", out["slow_ratio"] >= 0.9),
@@ -314,7 +316,7 @@ def main() -> int:
     }
     out: dict = {}
     started = time.monotonic()
-    print(f"stress: storm body {len(bodies['storm']) / 1e6:.1f} MB; about {6 + soak_seconds / 60:.0f} minutes",
+    print(f"stress: storm body {len(bodies['storm']) / 1e6:.1f} MB; about {2 + soak_seconds / 60:.0f} minutes",
           flush=True)  # fmt: skip
     phases = overload_phases(repository, bodies, out)
     phases.append(kill_phase(repository, bodies, out))
