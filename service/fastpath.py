@@ -35,6 +35,7 @@ from service.errors import (
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
+    WorkerUnavailable,
 )
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
@@ -128,8 +129,8 @@ class Gateway:
         connection = self.admission.worker_for(job.rows, job.nbytes)
         slot, future = connection.send(job, job.rows, job.nbytes)
         loop = asyncio.get_running_loop()
-        timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, ServiceError("no answer from the "
-                             "inference worker in time", reason="timeout"))  # fmt: skip
+        hung = WorkerUnavailable("no answer from the inference worker in time")  # a 503, never a 500
+        timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, hung)
         watch = asyncio.ensure_future(client_gone) if client_gone is not None else None
         if watch is not None:
             watch.add_done_callback(lambda _: _fail(future, ClientGone()))
