@@ -174,7 +174,9 @@ class Dispatcher:
         return [c for c in self.connections if c.alive]
 
     def least_loaded(self) -> WorkerConnection:
-        live = self.live()
+        """Among the workers adopted so far (`refresh` runs every 0.25 s and on readiness probes; a death is seen
+        at once through its pidfd)."""
+        live = [c for c in self.connections if c.alive] or self.live()  # none yet: look again now
         if not live:
             raise WorkerUnavailable("no inference worker is running (one is being started)")
         return min(live, key=lambda c: c.nbytes)

@@ -59,6 +59,9 @@ DECODE_INLINE_BYTES = 64 * 1024
 would not do: JSON parsing holds the GIL, and a loop starved of it stalled health probes for seconds."""
 
 WORKER_LOOK_SECONDS = 0.25
+WATCH_AFTER = 0.02
+"""Seconds an answer may take before the client's connection is watched for a disconnect (a task per request
+would cost more than most requests take; one still waiting after this is the kind worth cancelling)."""
 CLOSE = (b"connection", b"close")
 """Sent with a refusal that comes before a large body was read: reading megabytes only to throw them away is
 what let a storm of refused uploads starve the accepted ones, so the connection is closed instead."""
@@ -131,9 +134,13 @@ class Gateway:
         loop = asyncio.get_running_loop()
         hung = WorkerUnavailable("no answer from the inference worker in time")  # a 503, never a 500
         timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, hung)
-        watch = asyncio.ensure_future(client_gone) if client_gone is not None else None
-        if watch is not None:
-            watch.add_done_callback(lambda _: _fail(future, ClientGone()))
+        watches: list[asyncio.Future] = []
+
+        def watch() -> None:  # only for answers that take a while: most arrive before a task would be worth it
+            watches.append(asyncio.ensure_future(client_gone))
+            watches[0].add_done_callback(lambda _: _fail(future, ClientGone()))
+
+        later = loop.call_later(WATCH_AFTER, watch) if client_gone is not None else None
         try:
             return await future
         except ClientGone:
@@ -141,8 +148,12 @@ class Gateway:
             raise
         finally:
             timer.cancel()
-            if watch is not None:
-                watch.cancel()
+            if later is not None:
+                later.cancel()
+            for each in watches:
+                each.cancel()
+            if client_gone is not None and not watches:
+                client_gone.close()  # never awaited
 
 
 def _fail(future: asyncio.Future, error: Exception) -> None:
@@ -261,7 +272,8 @@ class FastPath:
         deadline = deadlines.from_headers(arrival, settings.max_queue_time_ms / 1000, headers)
         declared = _declared_length(headers, settings.max_body_bytes)
         with gateway.admission.body(declared) as reservation:
-            gateway.admission.check_room(declared)
+            if declared > DECODE_INLINE_BYTES:  # small bodies are checked when queued; big ones before reading
+                gateway.admission.check_room(declared)
             body = await _read_body(receive, reservation, settings.max_body_bytes)
             read[0] = True
         length = header_length.decode() if header_length else None
