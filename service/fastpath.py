@@ -54,9 +54,10 @@ ANSWER_GRACE = 60.0
 """Seconds past its deadline a request waits for the worker's answer before giving up: the job may have started
 just before its deadline, and a live worker always answers (a dead one is noticed at once, service/dispatch.py)."""
 
-DECODE_INLINE_BYTES = 64 * 1024
-"""Bodies up to this size are decoded here (well under a millisecond); larger ones by the worker. A thread
-would not do: JSON parsing holds the GIL, and a loop starved of it stalled health probes for seconds."""
+DECODE_INLINE_BYTES = 512 * 1024
+"""Bodies up to this size are decoded here (a 1000-row body, ~320 kB, in a few milliseconds, alongside the
+workers' inference); larger ones by the worker, so the loop never stops for long. A thread would not do: JSON
+parsing holds the GIL, and a loop starved of it stalled health probes for seconds (make stress)."""
 
 WORKER_LOOK_SECONDS = 0.25
 WATCH_AFTER = 0.02

@@ -219,3 +219,13 @@ def test_kserve_v1_predict_and_readiness(server, reference):
     assert np.abs(probabilities(response) - reference(ROWS)).max() <= 1e-6
     status = httpx.get(server.url + "/v1/models/iris")
     assert status.status_code == 200 and status.json()["ready"] is True and status.json()["name"] == "iris"
+
+
+def test_a_large_bad_body_is_refused_by_the_worker_with_the_same_message(server):
+    """Bodies over 512 KiB are decoded by the worker: bad input there is the same 4xx, naming the same field."""
+    rows = [[5.1, 3.5, 1.4, 0.2]] * 30_000  # about 660 kB
+    rows[-1] = [5.1, "x", 1.4, 0.2]
+    response = predict(server, {"instances": rows})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "instances[29999][1]" and response.json()["reason"] == "non_numeric"
+    assert predict(server, {"instances": rows[:-1]}).status_code == 200  # and the worker keeps serving
