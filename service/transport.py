@@ -31,7 +31,6 @@ import pickle
 import socket
 import struct
 import threading
-import time
 from contextlib import suppress
 from multiprocessing.connection import wait
 from typing import Any
@@ -225,11 +224,3 @@ class PipeLitServer(ls.LitServer):
         with self._launch_lock:  # no replacement may start once shutdown has begun
             self._stopping.set()
         super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
-
-
-def wait_for_pid(wiring: Wiring, worker_id: int, timeout: float) -> int:
-    """The pid worker `worker_id` announced (tests and tools): polls shared memory until it is set."""
-    deadline = time.monotonic() + timeout
-    while not wiring.pids[worker_id] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return wiring.pids[worker_id]
