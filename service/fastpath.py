@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class Gateway:
     reloader: Reloader | None = None
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
+    grpc: Any = None  # the grpc.aio server of this HTTP process (service/grpc_api), while it runs
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
@@ -108,6 +110,28 @@ class Gateway:
         )
         self.reloader.start()
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
+
+    async def start_grpc(self) -> None:
+        """Serve the Open Inference Protocol over gRPC from this HTTP process too (settings.grpc_port).
+
+        grpc is imported and its server made only here, in the forked HTTP process with its loop running: a gRPC
+        server alive across LitServe's fork hangs the child. Every HTTP process binds the port (SO_REUSEPORT).
+        """
+        if self.settings.grpc_port and self.grpc is None:
+            from service.grpc_api import server
+
+            try:
+                self.grpc = await server.start(self)
+            except Exception:  # uvicorn would take a failing lifespan for "unsupported" and serve on without gRPC
+                log.critical("cannot serve gRPC on port %s; stopping", self.settings.grpc_port, exc_info=True)
+                os.kill(os.getppid(), signal.SIGTERM)  # the main process: its graceful shutdown stops every process
+                raise
+
+    async def stop(self) -> None:
+        """At lifespan shutdown (HTTP connections drained): stop taking RPCs, let those in flight finish."""
+        if self.grpc is not None:
+            grpc, self.grpc = self.grpc, None
+            await grpc.stop(self.server.uvicorn_graceful_timeout)
 
     async def _adopt_workers(self) -> None:
         """Take up new workers (at start, and replacements) even while no request comes to look for them."""
@@ -144,7 +168,7 @@ class Gateway:
         later = loop.call_later(WATCH_AFTER, watch) if client_gone is not None else None
         try:
             return await future
-        except ClientGone:
+        except (ClientGone, asyncio.CancelledError):  # an HTTP client left, or a gRPC call was cancelled
             connection.cancel(slot)
             raise
         finally:
@@ -198,6 +222,7 @@ class FastPath:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":  # the HTTP process is starting: its event loop runs from here on
             self.gateway.start()
+            return await self.app(scope, self._lifespan(receive), send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -227,6 +252,19 @@ class FastPath:
             await send(message)
 
         return await self.app(scope, receive, send_with_id)
+
+    def _lifespan(self, receive):
+        """`receive` for the lifespan: the gRPC server starts with the HTTP process and stops before it ends."""
+
+        async def receive_and_act():
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.gateway.start_grpc()
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.stop()
+            return message
+
+        return receive_and_act
 
     async def health(self, path: str, request_id: bytes, send) -> None:
         """Liveness and readiness, answered here: no routing, no thread hop, nothing that queues behind load."""
@@ -287,16 +325,23 @@ class FastPath:
 
 def refusal(error: Exception, model: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """An error as a JSON answer (a 500 only for a bug, logged), counted by why it was refused."""
-    if not isinstance(error, ServiceError):
-        log.error("unexpected error on %s", path, exc_info=error)
-        error = ServiceError("internal server error")
+    error = refused(error, model, path)
     extra = [(b"content-type", b"application/json")]
     if isinstance(error, Unavailable):
-        metrics.requests_dropped_total.labels(model, error.reason).inc()
         extra.append((b"retry-after", str(error.retry_after).encode()))
+    return error.status, orjson.dumps(error.body()), extra
+
+
+def refused(error: Exception, model: str, where: str) -> ServiceError:
+    """Count a request refused before the model (REST or gRPC); anything but a `ServiceError` is a bug, logged."""
+    if not isinstance(error, ServiceError):
+        log.error("unexpected error on %s", where, exc_info=error)
+        error = ServiceError("internal server error")
+    if isinstance(error, Unavailable):
+        metrics.requests_dropped_total.labels(model, error.reason).inc()
     elif error.status < 500:
         metrics.input_rejected_total.labels(model, error.reason).inc()
-    return error.status, orjson.dumps(error.body()), extra
+    return error
 
 
 def _declared_length(headers: dict, limit: int | None) -> int:

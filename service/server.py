@@ -19,6 +19,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from service import control, metrics, routes
 from service.fastpath import FastPath, Gateway
+from service.grpc_api.port import check_bindable
 from service.protocol import protocol_for
 from service.registry import Registry
 from service.reload import Reloader
@@ -51,6 +52,11 @@ def build(settings: Settings) -> ls.LitServer:
         r for r in server.app.router.routes if not (isinstance(r, APIRoute) and r.path == api.api_path)
     ]
     server.http_protocol = protocol_for(settings)
+    if settings.grpc_port:  # the HTTP processes bind it once forked; a port that cannot be had stops startup here
+        try:
+            check_bindable(settings.host, settings.grpc_port)
+        except OSError as e:
+            raise SystemExit(f"error: {e}") from None
     if settings.health_port:
         server.health_socket = uvicorn.Config(app=None, host=settings.host, port=settings.health_port).bind_socket()
     # The fast path is the outermost ASGI layer: prediction requests skip Starlette's error and exception

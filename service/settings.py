@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     health_port: int = Field(0, ge=0, le=65535)
     """A second port that answers only `/v2/health/live`, `/v2/health/ready` and `/metrics`: orchestrator probes
     there never queue behind client connections, however many a storm opens. 0: none (probes use `port`)."""
+
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """The Open Inference Protocol over gRPC (`tritonclient.grpc`, KServe `grpc-v2`), on `host`; 8001 is Triton's
+    convention. 0: no gRPC. Every HTTP process listens on it (SO_REUSEPORT), so another server started on the
+    same port by the same user would share its traffic: give each server its own."""
 
     repository: Path = Path("models")
     """The model repository: `<repository>/<name>/<version>/` as published by `python -m training train`."""
@@ -109,11 +114,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected an IP address or 'localhost', got {value!r}") from None
         return value
 
-    @field_validator("health_port")
+    @field_validator("health_port", "grpc_port")
     @classmethod
-    def _health_port(cls, value: int) -> int:
+    def _extra_port(cls, value: int) -> int:
         if value and value < 1024:
             raise ValueError(f"expected 0 (none) or a port from 1024 to 65535, got {value}")
+        return value
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_port(cls, value: int, info: ValidationInfo) -> int:
+        """Bound by every HTTP process with SO_REUSEPORT: on the HTTP or health port it would fail only there."""
+        if value and value in (info.data.get("port"), info.data.get("health_port")):
+            raise ValueError(f"port {value} is already the HTTP port or the health port")
         return value
 
     @field_validator("repository")
