@@ -25,3 +25,11 @@ def test_port_comes_from_tabserve_port_then_port_then_the_default(monkeypatch, t
 def test_bounds_are_checked_at_startup(tmp_path, field, value):
     with pytest.raises(ValidationError, match=field):
         Settings(repository=tmp_path, **{field: value})
+
+
+def test_grpc_port_defaults_to_tritons_and_may_not_share_a_port(tmp_path):
+    assert Settings(repository=tmp_path).grpc_port == 8001
+    assert Settings(repository=tmp_path, grpc_port=0).grpc_port == 0  # no gRPC
+    for clash in ({"port": 9000, "grpc_port": 9000}, {"health_port": 9002, "grpc_port": 9002}, {"grpc_port": 80}):
+        with pytest.raises(ValidationError, match="grpc_port"):
+            Settings(repository=tmp_path, **clash)
