@@ -11,10 +11,11 @@ BASELINE = "fastapi"
 INPROCESS = "onnxruntime"  # the row of in-process ONNX Runtime (no HTTP)
 C1, C16, C64 = "json 1 row c=1", "json 1 row c=16", "json 1 row c=64"
 JSON_1000, BINARY_1000, IN_PROCESS_1000 = "json 1000 rows c=4", "binary 1000 rows c=4", "in-process batch 1000"
-# The scenario whose baseline row a scenario is compared with (binary tensors and in-process ORT: 1000-row JSON).
-COMPARED_WITH = {BINARY_1000: JSON_1000, IN_PROCESS_1000: JSON_1000}
+GRPC_1000 = "grpc 1000 rows c=4"  # tritonclient.grpc.aio (Python, in the harness) instead of hey
+# The scenario whose baseline row a scenario is compared with (binary tensors, gRPC, in-process ORT: 1000-row JSON).
+COMPARED_WITH = {BINARY_1000: JSON_1000, GRPC_1000: JSON_1000, IN_PROCESS_1000: JSON_1000}
 LEGEND = f"""
-×: ratio to {BASELINE} on the same scenario ({BINARY_1000} and {IN_PROCESS_1000}: to its {JSON_1000}).
+×: ratio to {BASELINE} on the same scenario ({BINARY_1000}, {GRPC_1000} and {IN_PROCESS_1000}: to its {JSON_1000}).
 errors: answers other than 2xx ("!" marks a flawed measurement). idle cpu %: the server's process tree while idle,
 in percent of one core (a busy-polling loop shows ~100). p50/p99 from hey's per-request CSV (0.1 ms resolution).
 """

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import model, report
+from benchmarks import grpc_load, model, report
 from benchmarks.loadgen import Load, drive, hey_available
 from benchmarks.procs import NotAvailable, free_port, http_status, idle_cpu_percent, running
-from benchmarks.report import BINARY_1000, C1, C16, C64, IN_PROCESS_1000, JSON_1000, Row
+from benchmarks.report import BINARY_1000, C1, C16, C64, GRPC_1000, IN_PROCESS_1000, JSON_1000, Row
 from benchmarks.servers import load_classes
 
 DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
@@ -46,6 +46,7 @@ class Scenario:
     concurrency: int
     binary: bool = False
     servers: tuple[str, ...] = SERVERS
+    grpc: bool = False  # the Open Inference Protocol over gRPC (tabserve only), driven by benchmarks/grpc_load.py
 
 
 SCENARIOS = (
@@ -54,6 +55,7 @@ SCENARIOS = (
     Scenario(C64, 1, 64),
     Scenario(JSON_1000, 1000, 4),
     Scenario(BINARY_1000, 1000, 4, binary=True, servers=("tabserve",)),
+    Scenario(GRPC_1000, 1000, 4, servers=("tabserve",), grpc=True),
 )
 
 
@@ -85,7 +87,7 @@ class Clock:
         print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
 
 
-def server_command(name: str, port: int, model_dir: Path, repository: Path) -> list[str]:
+def server_command(name: str, port: int, model_dir: Path, repository: Path, grpc_port: int) -> list[str]:
     """How each server starts; tabserve as a user starts it, after checking `python -m service` exists."""
     if name != "tabserve":
         module = {"bare": "bare", "fastapi": "fastapi_ort", "litserve": "litserve_vanilla"}[name]
@@ -103,6 +105,8 @@ def server_command(name: str, port: int, model_dir: Path, repository: Path) -> l
     command += ["--host", "127.0.0.1"]
     if "--workers" in help_run.stdout:
         command += ["--workers", "1"]  # one inference process, like the other servers
+    if "--grpc-port" in help_run.stdout:
+        command += ["--grpc-port", str(grpc_port)]
     return command
 
 
@@ -149,6 +153,19 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
     return None
 
 
+def preflight_grpc(address: str, rows: np.ndarray, expected: np.ndarray) -> str | None:
+    """`preflight` for the gRPC scenario: None when one call answers the right probabilities, else why not."""
+    try:
+        got = grpc_load.probabilities(address, model.MODEL_NAME, rows)
+    except Exception as e:  # the client raises InferenceServerException, and others for a dead channel
+        return f"no answer: {type(e).__name__}: {e}"
+    if got is None or got.shape != expected.shape:
+        return f"wrong shape: {None if got is None else got.shape}, expected {expected.shape}"
+    if (diff := float(np.abs(got - expected).max())) > 1e-5:
+        return f"wrong probabilities: max difference {diff:.2g} from in-process ONNX Runtime"
+    return None
+
+
 def expected_probabilities(model_dir: Path, rows: int) -> np.ndarray:
     import onnxruntime as ort
 
@@ -162,7 +179,8 @@ def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) ->
     try:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        command = server_command(name, port, ctx["model_dir"], ctx["repository"])
+        ctx["grpc_address"] = f"127.0.0.1:{(grpc_port := free_port())}"
+        command = server_command(name, port, ctx["model_dir"], ctx["repository"], grpc_port)
         info["command"] = " ".join(command)
         log(f"{name}: starting (log: {ctx['logs'] / (name + '.log')})")
         started = time.monotonic()
@@ -193,13 +211,21 @@ def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) ->
 
 
 def run_scenario(name, spec, base, scenario, process, idle, ctx, log) -> Row:
-    load = make_load(spec, base, scenario)
     expected = None if name == "bare" else ctx["expected"][scenario.rows]
-    if problem := preflight(load, expected, ctx["classes"]):
+    if scenario.grpc:
+        problem = preflight_grpc(ctx["grpc_address"], model.digits_rows(scenario.rows), expected)
+    else:
+        load = make_load(spec, base, scenario)
+        problem = preflight(load, expected, ctx["classes"])
+    if problem:
         log(f"{name}: {scenario.name}: skipped, check request failed: {problem}")
         return Row(name, scenario.name, idle_cpu=idle, note=f"skipped: {problem}")
     log(f"{name}: {scenario.name} for {ctx['duration']:g} s …")
-    stats = drive(load, ctx["duration"])
+    if scenario.grpc:
+        rows = model.digits_rows(scenario.rows)
+        stats = grpc_load.drive(ctx["grpc_address"], model.MODEL_NAME, rows, scenario.concurrency, ctx["duration"])
+    else:
+        stats = drive(load, ctx["duration"])
     note = ""
     if process.poll() is not None or http_status(base + spec.ready) != 200:
         note = "server died or stopped being ready"
