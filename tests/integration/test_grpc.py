@@ -145,7 +145,9 @@ def test_errors_map_to_status_codes_and_name_the_problem(server, client, model, 
 
 @pytest.fixture(scope="module")
 def limited(repo):
-    process = Server(repo, "--api-key", "s3cret", "--max-body-bytes", "4096", "--max-rows-per-request", "10")
+    process = Server(
+        repo, "--api-key", "s3cret", "--max-body-bytes", "4096", "--max-rows-per-request", "10", "--max-queue-rows", "5"
+    )
     yield process
     process.stop()
 
@@ -185,6 +187,23 @@ def test_the_client_deadline_is_the_request_deadline_and_the_job_is_never_run(li
     assert after.sum("tabserve_rows_total") == rows  # never reached the model
     assert after.sum("tabserve_requests_total", endpoint="grpc_infer", code="499") == 1
     assert client.infer("iris", [features(X)], headers=KEY, client_timeout=30).as_numpy("label").shape == (3,)
+
+
+def test_past_the_queue_bound_calls_are_unavailable_with_retry_after(limited):
+    client = tgrpc.InferenceServerClient(limited.grpc_address)
+    answers = []
+    with stopped(worker_pids(limited)[0]), grpc.insecure_channel(limited.grpc_address) as channel:
+        client.async_infer("iris", [features(X)], lambda result, error: answers.append((result, error)), headers=KEY)
+        wait_for(lambda: Scrape.of(limited.url, headers=KEY).sum("tabserve_requests_in_flight") == 1)
+        request = pb.ModelInferRequest(model_name="iris", raw_input_contents=[X.tobytes()])
+        request.inputs.add(name="features", datatype="FP32", shape=[3, 4])  # 3 + 3 rows > the bound of 5
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.ModelInfer(request, metadata=tuple(KEY.items()), timeout=30)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE and "overloaded" in error.value.details()
+    assert dict(error.value.trailing_metadata())["retry-after"].isdigit()
+    wait_for(lambda: answers)
+    assert answers[0][1] is None  # the call held while the worker was stopped was answered once it ran
 
 
 def refuses_new_calls(server: Server) -> bool:
