@@ -106,6 +106,7 @@ class Gateway:
             max(1, settings.max_queue_rows // http_processes),
             max(1, settings.max_queue_bytes // http_processes),
         )
+        self.reloader.counts_failures = server.app.response_queue_id == 0
         self.reloader.start()
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
 
