@@ -173,6 +173,10 @@ class Dispatcher:
         self.refresh()
         return [c for c in self.connections if c.alive]
 
+    def idle(self) -> bool:
+        """No worker holds anything from this HTTP process."""
+        return not any(c.waiting for c in self.connections)
+
     def least_loaded(self) -> WorkerConnection:
         """Among the workers adopted so far (`refresh` runs every 0.25 s and on readiness probes; a death is seen
         at once through its pidfd)."""

@@ -37,6 +37,7 @@ from service.errors import (
     UnsupportedMediaType,
     WorkerUnavailable,
 )
+from service.inline import InlineLane
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
 from service.settings import Settings
@@ -88,6 +89,7 @@ class Gateway:
     reloader: Reloader | None = None
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
+    inline: InlineLane | None = None
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
@@ -108,6 +110,9 @@ class Gateway:
         )
         self.reloader.counts_failures = server.app.response_queue_id == 0
         self.reloader.start()
+        if InlineLane.wanted(settings):
+            self.inline = InlineLane(settings)
+            self.inline.follow(self.reloader.generation)
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
 
     async def _adopt_workers(self) -> None:
@@ -131,6 +136,12 @@ class Gateway:
         now = time.monotonic()
         if now > job.deadline:
             raise deadlines.expired(job.arrival, job.deadline, now)
+        if self.inline is not None:
+            self.inline.follow(self.reloader.generation)
+            if self.inline.takes(job, self.dispatcher.idle()):
+                if client_gone is not None:
+                    client_gone.close()  # never awaited
+                return self.inline.answer(job)
         connection = self.admission.worker_for(job.rows, job.nbytes)
         slot, future = connection.send(job, job.rows, job.nbytes)
         loop = asyncio.get_running_loop()

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     worker; default: one per 4 cores (at least 1, at most 8), and 1 in `explicit` model control mode.
     Admission-control budgets are split among them."""
 
+    inline_max_rows: int = Field(16, ge=0)
+    """Requests of at most this many rows are run by the HTTP process itself while no worker has work outstanding
+    (service/inline.py): two process hops cost more than a small model. CPU only; 0: every request goes to a
+    worker."""
+
     max_rows_per_request: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
 
