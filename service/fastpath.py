@@ -127,6 +127,16 @@ class Gateway:
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         return auth.authorized(headers, self.api_keys)  # service/auth.py: constant-time, management key too
 
+    def answer_inline(self, job: Job) -> tuple[int, bytes, list] | None:
+        """The answer of the inline lane (service/inline.py) when `job` is an HTTP request it takes, else None."""
+        if self.inline is None:
+            return None
+        self.inline.follow(self.reloader.generation)
+        requests = self.server.http_protocol.requests  # uvicorn's request tasks, this one's included
+        if not self.inline.takes(job, alone=len(requests) == 1 and self.dispatcher.idle()):
+            return None
+        return self.inline.answer(job)
+
     async def submit(self, job: Job, client_gone: Awaitable | None = None) -> tuple[int, bytes, list]:
         """Queue a validated job at the least busy worker and wait for its answer.
 
@@ -136,12 +146,6 @@ class Gateway:
         now = time.monotonic()
         if now > job.deadline:
             raise deadlines.expired(job.arrival, job.deadline, now)
-        if self.inline is not None:
-            self.inline.follow(self.reloader.generation)
-            if self.inline.takes(job, self.dispatcher.idle()):
-                if client_gone is not None:
-                    client_gone.close()  # never awaited
-                return self.inline.answer(job)
         connection = self.admission.worker_for(job.rows, job.nbytes)
         slot, future = connection.send(job, job.rows, job.nbytes)
         loop = asyncio.get_running_loop()
@@ -294,6 +298,8 @@ class FastPath:
                   deadline, body, length)  # fmt: skip
         if len(body) <= DECODE_INLINE_BYTES:
             job = decode_job(job, model.spec)
+            if (answer := gateway.answer_inline(job)) is not None:
+                return answer
         return await gateway.submit(job, _disconnected(receive))
 
 

@@ -1,11 +1,13 @@
-"""The inline lane: small requests run in the HTTP process itself while every inference worker is idle.
+"""The inline lane: a lone small request runs in the HTTP process itself while every inference worker is idle.
 
 At low load a request's two process hops (to a worker and back: pickling, two pipe writes, two wake-ups) cost
-more than a small MLP's whole ONNX Runtime call, and a hand-written in-process server pays neither. So when no
-worker has anything outstanding, a request of at most `inline_max_rows` rows is answered here, by the same code
-as in a worker (`InferenceAPI.answer`: deadline check, ONNX Runtime call, encoding, worker metrics) on sessions
-opened and verified the same way (`Registry`, parity probe included). As soon as work is outstanding, requests
-go to the workers, which batch them: under load the lane steps aside and costs nothing.
+more than a small MLP's whole ONNX Runtime call, and a hand-written in-process server pays neither. So when a
+request of at most `inline_max_rows` rows is the only one the HTTP process is handling and no worker has
+anything outstanding, it is answered here, by the same code as in a worker (`InferenceAPI.answer`: deadline
+check, ONNX Runtime call, encoding, worker metrics) on sessions opened and verified the same way (`Registry`,
+parity probe included). As soon as requests overlap, they go to the workers, which batch them (worker idleness
+alone would not do: a lane that answers everything keeps the workers idle, and one core does all the work):
+under load the lane steps aside and costs nothing.
 
 The lane's sessions live in a registry of its own, re-read in a thread whenever the HTTP process's registry
 changes (service/reload.py); until it has caught up, requests go to the workers, so a version is never run
@@ -57,8 +59,10 @@ class InlineLane:
             return
         self.api.generation = generation
 
-    def takes(self, job: Job, workers_idle: bool) -> bool:
-        if not (workers_idle and job.kind in KINDS and job.features is not None and len(job.features) <= self.max_rows):
+    def takes(self, job: Job, alone: bool) -> bool:
+        """Whether to run `job` here: it is small, the only request in this HTTP process, no worker holds anything
+        from it (`alone`), and the lane has verified the job's version."""
+        if not (alone and job.kind in KINDS and job.features is not None and len(job.features) <= self.max_rows):
             return False
         entry = self.api.registry.models.get(job.model, {}).get(job.version)
         return job.generation == self.api.generation and entry is not None and entry.state == "READY"

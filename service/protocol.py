@@ -44,9 +44,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 60.0
     max_header_bytes = 32 * 1024
+    requests: set[asyncio.Task] | None = None
+    """uvicorn's request tasks in this process, shared by every connection (one is added when a request's headers
+    arrive, before it runs; removed once answered): how the inline lane (service/inline.py) tells a lone request."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
+        type(self).requests = self.tasks
         self.header_bytes = 0
         self.started = False  # whether a byte of the current request has arrived
         self.deadline: asyncio.TimerHandle | None = None
