@@ -116,6 +116,8 @@ class WorkerConnection:
         with suppress(BlockingIOError):
             while chunk := os.read(self.read_fd, PIPE_BYTES):
                 chunks.append(chunk)
+                if len(chunk) < PIPE_BYTES:
+                    break  # drained for now; the loop calls again when more comes (one read, not a second EAGAIN)
         return b"".join(chunks)
 
     def _on_answers(self) -> None:
