@@ -31,7 +31,11 @@ from benchmarks.report import BINARY_1000, C1, C16, C64, GRPC_1000, IN_PROCESS_1
 from benchmarks.servers import load_classes
 
 DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
-SERVERS = ("bare", "fastapi", "litserve", "tabserve")
+HTTP_PROCESSES = tuple(n for n in (1, 2, 4, 8) if n <= (os.cpu_count() or 1))
+"""tabserve's HTTP process counts measured at c=64, up to the machine's cores: does a second one pay?"""
+SWEEP = tuple(f"{report.TABSERVE}-h{n}" for n in HTTP_PROCESSES)
+MAIN = ("bare", report.BASELINE, report.STRICT, "litserve", report.TABSERVE)
+SERVERS = (*MAIN, *SWEEP)
 STARTUP_TIMEOUT = 90.0  # LitServe and tabserve start worker processes and load models
 IDLE_SECONDS = 2.0
 IN_PROCESS_SECONDS = 2.0
@@ -50,12 +54,12 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario(C1, 1, 1),
-    Scenario(C16, 1, 16),
+    Scenario(C1, 1, 1, servers=MAIN),
+    Scenario(C16, 1, 16, servers=MAIN),
     Scenario(C64, 1, 64),
-    Scenario(JSON_1000, 1000, 4),
-    Scenario(BINARY_1000, 1000, 4, binary=True, servers=("tabserve",)),
-    Scenario(GRPC_1000, 1000, 4, servers=("tabserve",), grpc=True),
+    Scenario(JSON_1000, 1000, 4, servers=MAIN),
+    Scenario(BINARY_1000, 1000, 4, binary=True, servers=(report.TABSERVE,)),
+    Scenario(GRPC_1000, 1000, 4, servers=(report.TABSERVE,), grpc=True),
 )
 
 
@@ -70,10 +74,14 @@ class Server:
 SPECS = {
     "bare": Server("bare", "/health", "/predict"),
     "fastapi": Server("fastapi", "/health", "/predict"),
+    "fastapi-strict": Server("fastapi-strict", "/health", "/predict"),
     "litserve": Server("litserve", "/health", "/predict"),
-    "tabserve": Server(
-        "tabserve", "/v2/health/ready", f"/v1/models/{model.MODEL_NAME}/predict", f"/v2/models/{model.MODEL_NAME}/infer"
-    ),
+    **{
+        name: Server(
+            name, "/v2/health/ready", f"/v1/models/{model.MODEL_NAME}/predict", f"/v2/models/{model.MODEL_NAME}/infer"
+        )
+        for name in (report.TABSERVE, *SWEEP)
+    },
 }
 
 
@@ -88,10 +96,13 @@ class Clock:
 
 
 def server_command(name: str, port: int, model_dir: Path, repository: Path, grpc_port: int) -> list[str]:
-    """How each server starts; tabserve as a user starts it, after checking `python -m service` exists."""
-    if name != "tabserve":
-        module = {"bare": "bare", "fastapi": "fastapi_ort", "litserve": "litserve_vanilla"}[name]
-        return [sys.executable, "-m", f"benchmarks.servers.{module}", "--model", str(model_dir), "--port", str(port)]
+    """How each server starts; tabserve as a user starts it (`-hN`: with N HTTP processes), after checking
+    `python -m service` exists."""
+    if not name.startswith(report.TABSERVE):
+        module = {"bare": "bare", "litserve": "litserve_vanilla"}.get(name, "fastapi_ort")
+        flags = ["--probabilities-only"] if name == report.STRICT else []
+        return [sys.executable, "-m", f"benchmarks.servers.{module}", "--model", str(model_dir), "--port", str(port),
+                *flags]  # fmt: skip
     try:
         help_run = subprocess.run(
             [sys.executable, "-m", "service", "--help"], cwd=model.ROOT, capture_output=True, text=True, timeout=60
@@ -107,6 +118,8 @@ def server_command(name: str, port: int, model_dir: Path, repository: Path, grpc
         command += ["--workers", "1"]  # one inference process, like the other servers
     if "--grpc-port" in help_run.stdout:
         command += ["--grpc-port", str(grpc_port)]
+    if name != report.TABSERVE:
+        command += ["--http-processes", name.rsplit("-h", 1)[1]]
     return command
 
 
@@ -138,9 +151,10 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
     try:
         if header_length is not None:
             got = model.parse_binary_response(body, int(header_length))
-        elif load.content_type == "application/json":
-            predictions = json.loads(body)["predictions"]
-            got = np.array([[p["probabilities"][c] for c in classes] for p in predictions], dtype=np.float32)
+        elif load.content_type == "application/json" and "predictions" in (answer := json.loads(body)):
+            got = np.array([[p["probabilities"][c] for c in classes] for p in answer["predictions"]], np.float32)
+        elif load.content_type == "application/json":  # the strict baseline: the bare matrix
+            got = np.asarray(answer["probabilities"], dtype=np.float32)
         else:  # an Open Inference Protocol answer in JSON
             (output,) = [o for o in json.loads(body)["outputs"] if o["name"] == "probabilities"]
             got = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])

@@ -38,6 +38,7 @@ from service.errors import (
     UnsupportedMediaType,
     WorkerUnavailable,
 )
+from service.inline import InlineLane
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
 from service.settings import Settings
@@ -90,6 +91,7 @@ class Gateway:
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
     grpc: Any = None  # the grpc.aio server of this HTTP process (service/grpc_api), while it runs
+    inline: InlineLane | None = None
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
@@ -108,7 +110,11 @@ class Gateway:
             max(1, settings.max_queue_rows // http_processes),
             max(1, settings.max_queue_bytes // http_processes),
         )
+        self.reloader.counts_failures = server.app.response_queue_id == 0
         self.reloader.start()
+        if InlineLane.wanted(settings):
+            self.inline = InlineLane(settings)
+            self.inline.follow(self.reloader.generation)
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
 
     async def start_grpc(self) -> None:
@@ -144,6 +150,16 @@ class Gateway:
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         return auth.authorized(headers, self.api_keys)  # service/auth.py: constant-time, management key too
+
+    def answer_inline(self, job: Job) -> tuple[int, bytes, list] | None:
+        """The answer of the inline lane (service/inline.py) when `job` is an HTTP request it takes, else None."""
+        if self.inline is None:
+            return None
+        self.inline.follow(self.reloader.generation)
+        requests = self.server.http_protocol.requests  # uvicorn's request tasks, this one's included
+        if not self.inline.takes(job, alone=len(requests) == 1 and self.dispatcher.idle()):
+            return None
+        return self.inline.answer(job)
 
     async def submit(self, job: Job, client_gone: Awaitable | None = None) -> tuple[int, bytes, list]:
         """Queue a validated job at the least busy worker and wait for its answer.
@@ -320,6 +336,8 @@ class FastPath:
                   deadline, body, length)  # fmt: skip
         if len(body) <= DECODE_INLINE_BYTES:
             job = decode_job(job, model.spec)
+            if (answer := gateway.answer_inline(job)) is not None:
+                return answer
         return await gateway.submit(job, _disconnected(receive))
 
 

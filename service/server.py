@@ -1,9 +1,9 @@
 """Assemble and run the server: LitServer + the inference worker + the fast path + the other routes.
 
 Process model (LitServe's): this main process, a queue manager, `workers` spawned inference workers holding
-the ONNX Runtime sessions, and one forked HTTP process. A worker that dies is replaced (service/transport.py).
-Shutdown on SIGINT or SIGTERM goes through LitServe's graceful path, so in-flight requests finish and no child
-outlives the server.
+the ONNX Runtime sessions, and `http_processes` forked HTTP processes sharing the listening sockets. A worker
+that dies is replaced (service/transport.py). Shutdown on SIGINT or SIGTERM goes through LitServe's graceful
+path, so in-flight requests finish and no child outlives the server.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def serve(settings: Settings) -> None:
     server.run(
         host=settings.host,
         port=settings.port,
-        num_api_servers=1,
+        num_api_servers=settings.http_processes,
         generate_client_file=False,
         log_level="warning" if settings.log_level in ("debug", "info") else settings.log_level,
         access_log=False,
