@@ -10,7 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as tgrpc
 
 from tests.metrics_text import Scrape
 from tests.serving import Server, republish
@@ -64,6 +66,22 @@ def test_both_processes_serve_and_metrics_stay_exact(server, tmp_path):
     assert scrape.sum("tabserve_requests_in_flight") == 0
 
 
+def test_grpc_is_served_by_both_processes_on_one_port(server):
+    """Each HTTP process runs its own gRPC server on the shared port (SO_REUSEPORT): new connections reach both."""
+    row = np.array([ROW["instances"][0]], dtype=np.float32)
+
+    def infer(_) -> int:
+        with tgrpc.InferenceServerClient(server.grpc_address) as client:  # a new channel: a new connection
+            tensor = tgrpc.InferInput("features", list(row.shape), "FP32")
+            tensor.set_data_from_numpy(row)
+            return client.infer("iris", [tensor]).as_numpy("probabilities").shape[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(infer, range(64))) == [1] * 64
+    scrape = Scrape.of(server.url)
+    assert scrape.sum("tabserve_requests_total", endpoint="grpc_infer", code="200") == 64
+
+
 def test_a_new_version_is_served_by_both(server, repo, trained):
     republish(trained[0], repo, "iris")
     deadline = time.monotonic() + 30
@@ -77,9 +95,14 @@ def test_a_new_version_is_served_by_both(server, repo, trained):
 
 
 def test_a_killed_worker_is_replaced_for_both_processes(server):
-    workers = {int(pid) for pid in re.findall(r"inference worker \d+ \(pid (\d+)\) takes", server.output())}
-    assert len(workers) == 2, workers
-    os.kill(min(workers), signal.SIGKILL)
+    def workers() -> set[int]:
+        return {int(pid) for pid in re.findall(r"inference worker \d+ \(pid (\d+)\) takes", server.output())}
+
+    deadline = time.monotonic() + 30
+    while len(workers()) < 2 and time.monotonic() < deadline:  # ready means one worker is up; wait for both
+        time.sleep(0.1)
+    assert len(workers()) == 2, workers()
+    os.kill(min(workers()), signal.SIGKILL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # requests in flight at the kill may get 503; then every answer is 200
         statuses = {status for status, _ in predict_on_fresh_connections(server.url, 64)}
