@@ -62,10 +62,11 @@ def rows_run(server: Server) -> float:
 
 @pytest.fixture(scope="module")
 def single(repo):
-    """One worker, a queue bound of 5 rows, and a byte bound equal to the largest body (4 KiB); every request goes
-    to the worker (no inline lane: these tests hold requests in a stopped worker's queue)."""
+    """One worker, a queue bound of 5 rows, and a byte bound equal to the largest body (4 KiB), all in one HTTP
+    process (several split the bounds); every request goes to the worker (no inline lane: these tests hold
+    requests in a stopped worker's queue)."""
     process = Server(repo, "--workers", "1", "--max-queue-rows", "5", "--max-body-bytes", "4096",
-                     "--max-pending-bytes", "4096", "--inline-max-rows", "0")  # fmt: skip
+                     "--max-pending-bytes", "4096", "--inline-max-rows", "0", "--http-processes", "1")  # fmt: skip
     predict(process)  # the HTTP process has adopted the worker
     yield process
     process.stop()

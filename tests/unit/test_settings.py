@@ -37,7 +37,7 @@ def test_grpc_port_defaults_to_tritons_and_may_not_share_a_port(tmp_path):
 
 def test_http_processes_default_from_the_cores_and_one_in_explicit_mode(tmp_path, monkeypatch):
     monkeypatch.delenv("TABSERVE_HTTP_PROCESSES", raising=False)
-    for cores, expected in ((1, 1), (2, 1), (8, 2), (16, 4), (96, 8)):
+    for cores, expected in ((1, 1), (2, 2), (8, 8), (96, 8)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _, n=cores: set(range(n)))
         assert Settings(repository=tmp_path).http_processes == expected
         assert Settings(repository=tmp_path, model_control_mode="explicit").http_processes == 1
