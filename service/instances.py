@@ -68,8 +68,10 @@ def decode_instances(body: bytes, spec: InputSpec) -> np.ndarray:
 
 def _numbers(rows: list, n: int) -> np.ndarray | None:
     """Rows of `n` numbers as float32 in one pass through numpy, or None for anything else (including values
-    beyond float32), which the exact scan then describes. `fromiter` over the flattened rows takes half the
-    time of `np.array` on nested lists, which first works out their shape."""
+    beyond float32), which the exact scan then describes. `fromiter` over the flattened rows skips the shape
+    discovery of `np.array` on nested lists: 1.73 ms instead of 1.98 for 1000 digits rows (about the same for one
+    row). The parse itself (orjson) costs more than either, and freeing its lists as much again: what is left of
+    JSON's cost lives there, and in more HTTP processes."""
     if not all(type(row) is list and len(row) == n for row in rows):
         return None
     try:
