@@ -53,7 +53,9 @@ def http_process_pids(server: Server) -> set[int]:
 
 
 def test_both_processes_serve_and_metrics_stay_exact(server, tmp_path):
-    pids = http_process_pids(server)
+    deadline = time.monotonic() + 30
+    while len(pids := http_process_pids(server)) < 2 and time.monotonic() < deadline:  # each adopts the workers
+        time.sleep(0.1)
     assert len(pids) == 2, pids
     answers = predict_on_fresh_connections(server.url, REQUESTS)
     assert answers == [(200, 1)] * REQUESTS
