@@ -10,6 +10,7 @@ from dataclasses import dataclass
 BASELINE = "fastapi"
 INPROCESS = "onnxruntime"  # the row of in-process ONNX Runtime (no HTTP)
 C1, C16, C64 = "json 1 row c=1", "json 1 row c=16", "json 1 row c=64"
+EXPLAIN_C16 = "json 1 row explain c=16"
 JSON_1000, BINARY_1000, IN_PROCESS_1000 = "json 1000 rows c=4", "binary 1000 rows c=4", "in-process batch 1000"
 # The scenario whose baseline row a scenario is compared with (binary tensors and in-process ORT: 1000-row JSON).
 COMPARED_WITH = {BINARY_1000: JSON_1000, IN_PROCESS_1000: JSON_1000}
@@ -101,6 +102,7 @@ BARS = [
     ("c=1 single-row p50 <= fastapi", C1, "p50_ms", BASELINE, C1, "<=", 1),
     ("1000-row JSON rows/s >= 10x fastapi", JSON_1000, "rows_per_s", BASELINE, JSON_1000, ">=", 10),
     ("binary rows/s >= 50% of in-process ORT", BINARY_1000, "rows_per_s", INPROCESS, IN_PROCESS_1000, ">=", 0.5),
+    ("explain 1 row c=16 rps >= 50% of predict's", EXPLAIN_C16, "rps", "tabserve", C16, ">=", 0.5),
 ]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import model, report
 from benchmarks.loadgen import Load, drive, hey_available
 from benchmarks.procs import NotAvailable, free_port, http_status, idle_cpu_percent, running
-from benchmarks.report import BINARY_1000, C1, C16, C64, IN_PROCESS_1000, JSON_1000, Row
+from benchmarks.report import BINARY_1000, C1, C16, C64, EXPLAIN_C16, IN_PROCESS_1000, JSON_1000, Row
 from benchmarks.servers import load_classes
 
 DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
@@ -46,6 +46,7 @@ class Scenario:
     concurrency: int
     binary: bool = False
     servers: tuple[str, ...] = SERVERS
+    explain: bool = False  # tabserve's explain route (integrated gradients), same body as predict
 
 
 SCENARIOS = (
@@ -54,6 +55,7 @@ SCENARIOS = (
     Scenario(C64, 1, 64),
     Scenario(JSON_1000, 1000, 4),
     Scenario(BINARY_1000, 1000, 4, binary=True, servers=("tabserve",)),
+    Scenario(EXPLAIN_C16, 1, 16, servers=("tabserve",), explain=True),
 )
 
 
@@ -63,6 +65,7 @@ class Server:
     ready: str
     predict: str
     infer: str | None = None  # the Open Inference Protocol endpoint, for binary tensors
+    explain: str | None = None
 
 
 SPECS = {
@@ -70,7 +73,11 @@ SPECS = {
     "fastapi": Server("fastapi", "/health", "/predict"),
     "litserve": Server("litserve", "/health", "/predict"),
     "tabserve": Server(
-        "tabserve", "/v2/health/ready", f"/v1/models/{model.MODEL_NAME}/predict", f"/v2/models/{model.MODEL_NAME}/infer"
+        "tabserve",
+        "/v2/health/ready",
+        f"/v1/models/{model.MODEL_NAME}/predict",
+        f"/v2/models/{model.MODEL_NAME}/infer",
+        f"/v1/models/{model.MODEL_NAME}:explain",
     ),
 }
 
@@ -109,7 +116,8 @@ def server_command(name: str, port: int, model_dir: Path, repository: Path) -> l
 def make_load(spec: Server, base: str, scenario: Scenario) -> Load:
     rows = model.digits_rows(scenario.rows)
     if not scenario.binary:
-        return Load(base + spec.predict, model.json_body(rows), scenario.rows, scenario.concurrency)
+        path = spec.explain if scenario.explain else spec.predict
+        return Load(base + path, model.json_body(rows), scenario.rows, scenario.concurrency)
     body, header_length = model.binary_body(rows)
     headers = (f"Inference-Header-Content-Length: {header_length}",)
     return Load(base + spec.infer, body, scenario.rows, scenario.concurrency, "application/octet-stream", headers)
@@ -134,6 +142,11 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
     try:
         if header_length is not None:
             got = model.parse_binary_response(body, int(header_length))
+        elif load.content_type == "application/json" and load.url.endswith(":explain"):  # the predicted class's p
+            explained = json.loads(body)["explanations"]
+            if [e["label"] for e in explained] != [classes[i] for i in expected.argmax(axis=1)]:
+                return "explained a class other than the predicted one"
+            got, expected = np.array([e["probability"] for e in explained], dtype=np.float32), expected.max(axis=1)
         elif load.content_type == "application/json":
             predictions = json.loads(body)["predictions"]
             got = np.array([[p["probabilities"][c] for c in classes] for p in predictions], dtype=np.float32)

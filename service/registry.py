@@ -118,8 +118,9 @@ def open_explainer(folder: Path, manifest: Manifest, providers: list[str]) -> or
     """The explain graph's session, opened with the model's (workers only), or None for a version without one.
 
     Opened at load rather than on the first explain request: it is verified (probe) before the version takes
-    traffic, no request pays for opening it, and it is small: for the digits MLP the worker's RSS grows by
-    about MEASURED_RSS per version.
+    traffic, no request pays for opening it, and an idle one costs next to nothing. Measured on the digits MLP
+    (108 KiB graph, 32 steps): opening it adds 0.1 MiB RSS to the worker; running explain calls of up to 128
+    rows (4,096 path points) raises RSS by 9 MiB, which only explain traffic ever causes.
     """
     if manifest.explanation is None:
         return None
