@@ -147,3 +147,36 @@ def test_gauss_legendre_weights_integrate_polynomials_exactly_on_the_unit_interv
     assert (nodes > 0).all() and (nodes < 1).all()
     for degree in range(16):
         assert np.isclose((weights * nodes**degree).sum(), 1 / (degree + 1))
+
+
+def test_a_hostile_or_wrong_explanation_graph_refuses_the_version(trained, tmp_path):
+    import onnx
+
+    from bundle.integrity import BundleError
+    from tests.serving import republish
+
+    folder, _, _ = trained
+
+    def custom_domain(staging):
+        graph = onnx.load(staging / "explain.onnx")
+        graph.opset_import.append(onnx.helper.make_opsetid("com.example.custom", 1))
+        onnx.save(graph, staging / "explain.onnx")
+
+    def another_models_graph(staging):  # a valid explain graph, of weights other than this version's
+        classifier = checkpoint.rebuild_classifier(checkpoint.load(folder / "checkpoint.pt"))
+        with torch.no_grad():
+            classifier.mlp.layers[0].bias += 0.5
+        explain.export_explainer(classifier, Manifest.read(folder).explanation.steps, 4, staging / "explain.onnx")
+
+    for edit, reason in ((custom_domain, "onnx_custom_domain"), (another_models_graph, "parity_mismatch")):
+        version = republish(folder, tmp_path / "models", "iris", edit=edit)
+        with pytest.raises(BundleError) as error:
+            check_bundle(version)
+        assert error.value.reason == reason
+
+
+def test_verify_rechecks_the_explanation_graph_against_autograd(trained):
+    from training.verify import verify
+
+    folder, _, _ = trained
+    assert verify(folder)[0].explanation is not None
