@@ -24,14 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import model, report
+from benchmarks import grpc_load, model, report
 from benchmarks.loadgen import Load, drive, hey_available
 from benchmarks.procs import NotAvailable, free_port, http_status, idle_cpu_percent, running
-from benchmarks.report import BINARY_1000, C1, C16, C64, EXPLAIN_C16, IN_PROCESS_1000, JSON_1000, Row
+from benchmarks.report import BINARY_1000, C1, C16, C64, EXPLAIN_C16, GRPC_1000, IN_PROCESS_1000, JSON_1000, Row
 from benchmarks.servers import load_classes
 
 DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
-SERVERS = ("bare", "fastapi", "litserve", "tabserve")
+HTTP_PROCESSES = tuple(n for n in (1, 2, 4, 8) if n <= (os.cpu_count() or 1))
+"""tabserve's HTTP process counts measured at c=64, up to the machine's cores: does a second one pay?"""
+SWEEP = tuple(f"{report.TABSERVE}-h{n}" for n in HTTP_PROCESSES)
+MAIN = ("bare", report.BASELINE, report.STRICT, "litserve", report.TABSERVE)
+SERVERS = (*MAIN, *SWEEP)
 STARTUP_TIMEOUT = 90.0  # LitServe and tabserve start worker processes and load models
 IDLE_SECONDS = 2.0
 IN_PROCESS_SECONDS = 2.0
@@ -46,16 +50,18 @@ class Scenario:
     concurrency: int
     binary: bool = False
     servers: tuple[str, ...] = SERVERS
-    explain: bool = False  # tabserve's explain route (integrated gradients), same body as predict
+    grpc: bool = False  # the Open Inference Protocol over gRPC (tabserve only), driven by benchmarks/grpc_load.py
+    explain: bool = False  # tabserve's explain route (integrated gradients), the same body as predict
 
 
 SCENARIOS = (
-    Scenario(C1, 1, 1),
-    Scenario(C16, 1, 16),
+    Scenario(C1, 1, 1, servers=MAIN),
+    Scenario(C16, 1, 16, servers=MAIN),
     Scenario(C64, 1, 64),
-    Scenario(JSON_1000, 1000, 4),
-    Scenario(BINARY_1000, 1000, 4, binary=True, servers=("tabserve",)),
-    Scenario(EXPLAIN_C16, 1, 16, servers=("tabserve",), explain=True),
+    Scenario(JSON_1000, 1000, 4, servers=MAIN),
+    Scenario(BINARY_1000, 1000, 4, binary=True, servers=(report.TABSERVE,)),
+    Scenario(GRPC_1000, 1000, 4, servers=(report.TABSERVE,), grpc=True),
+    Scenario(EXPLAIN_C16, 1, 16, servers=(report.TABSERVE,), explain=True),
 )
 
 
@@ -71,14 +77,18 @@ class Server:
 SPECS = {
     "bare": Server("bare", "/health", "/predict"),
     "fastapi": Server("fastapi", "/health", "/predict"),
+    "fastapi-strict": Server("fastapi-strict", "/health", "/predict"),
     "litserve": Server("litserve", "/health", "/predict"),
-    "tabserve": Server(
-        "tabserve",
-        "/v2/health/ready",
-        f"/v1/models/{model.MODEL_NAME}/predict",
-        f"/v2/models/{model.MODEL_NAME}/infer",
-        f"/v1/models/{model.MODEL_NAME}:explain",
-    ),
+    **{
+        name: Server(
+            name,
+            "/v2/health/ready",
+            f"/v1/models/{model.MODEL_NAME}/predict",
+            f"/v2/models/{model.MODEL_NAME}/infer",
+            f"/v1/models/{model.MODEL_NAME}:explain",
+        )
+        for name in (report.TABSERVE, *SWEEP)
+    },
 }
 
 
@@ -92,11 +102,14 @@ class Clock:
         print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
 
 
-def server_command(name: str, port: int, model_dir: Path, repository: Path) -> list[str]:
-    """How each server starts; tabserve as a user starts it, after checking `python -m service` exists."""
-    if name != "tabserve":
-        module = {"bare": "bare", "fastapi": "fastapi_ort", "litserve": "litserve_vanilla"}[name]
-        return [sys.executable, "-m", f"benchmarks.servers.{module}", "--model", str(model_dir), "--port", str(port)]
+def server_command(name: str, port: int, model_dir: Path, repository: Path, grpc_port: int) -> list[str]:
+    """How each server starts; tabserve as a user starts it (`-hN`: with N HTTP processes), after checking
+    `python -m service` exists."""
+    if not name.startswith(report.TABSERVE):
+        module = {"bare": "bare", "litserve": "litserve_vanilla"}.get(name, "fastapi_ort")
+        flags = ["--probabilities-only"] if name == report.STRICT else []
+        return [sys.executable, "-m", f"benchmarks.servers.{module}", "--model", str(model_dir), "--port", str(port),
+                *flags]  # fmt: skip
     try:
         help_run = subprocess.run(
             [sys.executable, "-m", "service", "--help"], cwd=model.ROOT, capture_output=True, text=True, timeout=60
@@ -110,6 +123,10 @@ def server_command(name: str, port: int, model_dir: Path, repository: Path) -> l
     command += ["--host", "127.0.0.1"]
     if "--workers" in help_run.stdout:
         command += ["--workers", "1"]  # one inference process, like the other servers
+    if "--grpc-port" in help_run.stdout:
+        command += ["--grpc-port", str(grpc_port)]
+    if name != report.TABSERVE:
+        command += ["--http-processes", name.rsplit("-h", 1)[1]]
     return command
 
 
@@ -142,14 +159,15 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
     try:
         if header_length is not None:
             got = model.parse_binary_response(body, int(header_length))
-        elif load.content_type == "application/json" and load.url.endswith(":explain"):  # the predicted class's p
-            explained = json.loads(body)["explanations"]
-            if [e["label"] for e in explained] != [classes[i] for i in expected.argmax(axis=1)]:
+        elif load.content_type == "application/json" and "explanations" in (answer := json.loads(body)):
+            if [e["label"] for e in answer["explanations"]] != [classes[i] for i in expected.argmax(axis=1)]:
                 return "explained a class other than the predicted one"
-            got, expected = np.array([e["probability"] for e in explained], dtype=np.float32), expected.max(axis=1)
-        elif load.content_type == "application/json":
-            predictions = json.loads(body)["predictions"]
-            got = np.array([[p["probabilities"][c] for c in classes] for p in predictions], dtype=np.float32)
+            got = np.array([e["probability"] for e in answer["explanations"]], np.float32)  # the predicted class's
+            expected = expected.max(axis=1)
+        elif load.content_type == "application/json" and "predictions" in answer:
+            got = np.array([[p["probabilities"][c] for c in classes] for p in answer["predictions"]], np.float32)
+        elif load.content_type == "application/json":  # the strict baseline: the bare matrix
+            got = np.asarray(answer["probabilities"], dtype=np.float32)
         else:  # an Open Inference Protocol answer in JSON
             (output,) = [o for o in json.loads(body)["outputs"] if o["name"] == "probabilities"]
             got = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
@@ -157,6 +175,19 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
         return f"unexpected answer ({type(e).__name__}: {e}): {body[:200].decode(errors='replace')}"
     if got.shape != expected.shape:
         return f"wrong shape: {got.shape}, expected {expected.shape}"
+    if (diff := float(np.abs(got - expected).max())) > 1e-5:
+        return f"wrong probabilities: max difference {diff:.2g} from in-process ONNX Runtime"
+    return None
+
+
+def preflight_grpc(address: str, rows: np.ndarray, expected: np.ndarray) -> str | None:
+    """`preflight` for the gRPC scenario: None when one call answers the right probabilities, else why not."""
+    try:
+        got = grpc_load.probabilities(address, model.MODEL_NAME, rows)
+    except Exception as e:  # the client raises InferenceServerException, and others for a dead channel
+        return f"no answer: {type(e).__name__}: {e}"
+    if got is None or got.shape != expected.shape:
+        return f"wrong shape: {None if got is None else got.shape}, expected {expected.shape}"
     if (diff := float(np.abs(got - expected).max())) > 1e-5:
         return f"wrong probabilities: max difference {diff:.2g} from in-process ONNX Runtime"
     return None
@@ -175,7 +206,8 @@ def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) ->
     try:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        command = server_command(name, port, ctx["model_dir"], ctx["repository"])
+        ctx["grpc_address"] = f"127.0.0.1:{(grpc_port := free_port())}"
+        command = server_command(name, port, ctx["model_dir"], ctx["repository"], grpc_port)
         info["command"] = " ".join(command)
         log(f"{name}: starting (log: {ctx['logs'] / (name + '.log')})")
         started = time.monotonic()
@@ -206,13 +238,21 @@ def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) ->
 
 
 def run_scenario(name, spec, base, scenario, process, idle, ctx, log) -> Row:
-    load = make_load(spec, base, scenario)
     expected = None if name == "bare" else ctx["expected"][scenario.rows]
-    if problem := preflight(load, expected, ctx["classes"]):
+    if scenario.grpc:
+        problem = preflight_grpc(ctx["grpc_address"], model.digits_rows(scenario.rows), expected)
+    else:
+        load = make_load(spec, base, scenario)
+        problem = preflight(load, expected, ctx["classes"])
+    if problem:
         log(f"{name}: {scenario.name}: skipped, check request failed: {problem}")
         return Row(name, scenario.name, idle_cpu=idle, note=f"skipped: {problem}")
     log(f"{name}: {scenario.name} for {ctx['duration']:g} s …")
-    stats = drive(load, ctx["duration"])
+    if scenario.grpc:
+        rows = model.digits_rows(scenario.rows)
+        stats = grpc_load.drive(ctx["grpc_address"], model.MODEL_NAME, rows, scenario.concurrency, ctx["duration"])
+    else:
+        stats = drive(load, ctx["duration"])
     note = ""
     if process.poll() is not None or http_status(base + spec.ready) != 200:
         note = "server died or stopped being ready"

@@ -185,7 +185,7 @@ def port_pair() -> int:
 
 def serve(repository: Path, port: int, log: Path, *flags: str):
     command = [sys.executable, "-m", "service", "--repository", str(repository), "--port", str(port),
-               "--health-port", str(port + 1), *flags]  # fmt: skip
+               "--health-port", str(port + 1), "--grpc-port", "0", *flags]  # fmt: skip
     return running(command, f"http://127.0.0.1:{port}/v2/health/ready", log, 120, model.ROOT)
 
 

@@ -53,6 +53,26 @@ class Job(NamedTuple):
     def nbytes(self) -> int:
         return len(self.body) if self.features is None else self.features.nbytes
 
+    def __reduce__(self):
+        """Pickled for the pipe with its features as raw bytes: a numpy array took 8 of the 11 µs a 1-row job
+        cost to pickle, and 5 µs more to unpickle in the worker."""
+        fields = list(self)
+        if self.features is not None:
+            fields[3] = (self.features.tobytes(), self.features.shape)
+            if self.infer is not None:  # it holds the same array: restored from the bytes, not pickled twice
+                fields[5] = replace(self.infer, features=None)
+        return _unpickle_job, tuple(fields)
+
+
+def _unpickle_job(*fields) -> Job:
+    job = Job(*fields)
+    if job.features is None:
+        return job
+    data, shape = job.features
+    features = np.frombuffer(data, dtype=np.float32).reshape(shape)
+    infer = replace(job.infer, features=features) if job.infer is not None else None
+    return job._replace(features=features, infer=infer)
+
 
 def decode_job(job: Job, spec: InputSpec) -> Job:
     """The job with its body decoded and validated (a `ServiceError` naming the problem if it is bad), in the HTTP

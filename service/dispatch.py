@@ -116,6 +116,8 @@ class WorkerConnection:
         with suppress(BlockingIOError):
             while chunk := os.read(self.read_fd, PIPE_BYTES):
                 chunks.append(chunk)
+                if len(chunk) < PIPE_BYTES:
+                    break  # drained for now; the loop calls again when more comes (one read, not a second EAGAIN)
         return b"".join(chunks)
 
     def _on_answers(self) -> None:
@@ -172,6 +174,10 @@ class Dispatcher:
     def live(self) -> list[WorkerConnection]:
         self.refresh()
         return [c for c in self.connections if c.alive]
+
+    def idle(self) -> bool:
+        """No worker holds anything from this HTTP process."""
+        return not any(c.waiting for c in self.connections)
 
     def least_loaded(self) -> WorkerConnection:
         """Among the workers adopted so far (`refresh` runs every 0.25 s and on readiness probes; a death is seen

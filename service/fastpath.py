@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from service.errors import (
     WorkerUnavailable,
 )
 from service.explain import require_explanation
+from service.inline import InlineLane
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
 from service.settings import Settings
@@ -93,6 +95,8 @@ class Gateway:
     reloader: Reloader | None = None
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
+    grpc: Any = None  # the grpc.aio server of this HTTP process (service/grpc_api), while it runs
+    inline: InlineLane | None = None
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
@@ -111,8 +115,34 @@ class Gateway:
             max(1, settings.max_queue_rows // http_processes),
             max(1, settings.max_queue_bytes // http_processes),
         )
+        self.reloader.counts_failures = server.app.response_queue_id == 0
         self.reloader.start()
+        if InlineLane.wanted(settings):
+            self.inline = InlineLane(settings)
+            self.inline.follow(self.reloader.generation)
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
+
+    async def start_grpc(self) -> None:
+        """Serve the Open Inference Protocol over gRPC from this HTTP process too (settings.grpc_port).
+
+        grpc is imported and its server made only here, in the forked HTTP process with its loop running: a gRPC
+        server alive across LitServe's fork hangs the child. Every HTTP process binds the port (SO_REUSEPORT).
+        """
+        if self.settings.grpc_port and self.grpc is None:
+            from service.grpc_api import server
+
+            try:
+                self.grpc = await server.start(self)
+            except Exception:  # uvicorn would take a failing lifespan for "unsupported" and serve on without gRPC
+                log.critical("cannot serve gRPC on port %s; stopping", self.settings.grpc_port, exc_info=True)
+                os.kill(os.getppid(), signal.SIGTERM)  # the main process: its graceful shutdown stops every process
+                raise
+
+    async def stop(self) -> None:
+        """At lifespan shutdown (HTTP connections drained): stop taking RPCs, let those in flight finish."""
+        if self.grpc is not None:
+            grpc, self.grpc = self.grpc, None
+            await grpc.stop(self.server.uvicorn_graceful_timeout)
 
     async def _adopt_workers(self) -> None:
         """Take up new workers (at start, and replacements) even while no request comes to look for them."""
@@ -125,6 +155,16 @@ class Gateway:
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         return auth.authorized(headers, self.api_keys)  # service/auth.py: constant-time, management key too
+
+    def answer_inline(self, job: Job) -> tuple[int, bytes, list] | None:
+        """The answer of the inline lane (service/inline.py) when `job` is an HTTP request it takes, else None."""
+        if self.inline is None:
+            return None
+        self.inline.follow(self.reloader.generation)
+        requests = self.server.http_protocol.requests  # uvicorn's request tasks, this one's included
+        if not self.inline.takes(job, alone=len(requests) == 1 and self.dispatcher.idle()):
+            return None
+        return self.inline.answer(job)
 
     async def submit(self, job: Job, client_gone: Awaitable | None = None) -> tuple[int, bytes, list]:
         """Queue a validated job at the least busy worker and wait for its answer.
@@ -149,7 +189,7 @@ class Gateway:
         later = loop.call_later(WATCH_AFTER, watch) if client_gone is not None else None
         try:
             return await future
-        except ClientGone:
+        except (ClientGone, asyncio.CancelledError):  # an HTTP client left, or a gRPC call was cancelled
             connection.cancel(slot)
             raise
         finally:
@@ -203,6 +243,7 @@ class FastPath:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":  # the HTTP process is starting: its event loop runs from here on
             self.gateway.start()
+            return await self.app(scope, self._lifespan(receive), send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -233,6 +274,19 @@ class FastPath:
             await send(message)
 
         return await self.app(scope, receive, send_with_id)
+
+    def _lifespan(self, receive):
+        """`receive` for the lifespan: the gRPC server starts with the HTTP process and stops before it ends."""
+
+        async def receive_and_act():
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.gateway.start_grpc()
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.stop()
+            return message
+
+        return receive_and_act
 
     async def health(self, path: str, request_id: bytes, send) -> None:
         """Liveness and readiness, answered here: no routing, no thread hop, nothing that queues behind load."""
@@ -290,21 +344,30 @@ class FastPath:
                   deadline, body, length)  # fmt: skip
         if len(body) <= DECODE_INLINE_BYTES:
             job = decode_job(job, model.spec)
+            if (answer := gateway.answer_inline(job)) is not None:
+                return answer
         return await gateway.submit(job, _disconnected(receive))
 
 
 def refusal(error: Exception, model: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """An error as a JSON answer (a 500 only for a bug, logged), counted by why it was refused."""
-    if not isinstance(error, ServiceError):
-        log.error("unexpected error on %s", path, exc_info=error)
-        error = ServiceError("internal server error")
+    error = refused(error, model, path)
     extra = [(b"content-type", b"application/json")]
     if isinstance(error, Unavailable):
-        metrics.requests_dropped_total.labels(model, error.reason).inc()
         extra.append((b"retry-after", str(error.retry_after).encode()))
+    return error.status, orjson.dumps(error.body()), extra
+
+
+def refused(error: Exception, model: str, where: str) -> ServiceError:
+    """Count a request refused before the model (REST or gRPC); anything but a `ServiceError` is a bug, logged."""
+    if not isinstance(error, ServiceError):
+        log.error("unexpected error on %s", where, exc_info=error)
+        error = ServiceError("internal server error")
+    if isinstance(error, Unavailable):
+        metrics.requests_dropped_total.labels(model, error.reason).inc()
     elif error.status < 500:
         metrics.input_rejected_total.labels(model, error.reason).inc()
-    return error.status, orjson.dumps(error.body()), extra
+    return error
 
 
 def _declared_length(headers: dict, limit: int | None) -> int:

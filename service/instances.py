@@ -8,6 +8,7 @@ was expected, what came.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,10 @@ import orjson
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, describe
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+NUMERIC_BYTES = b"0123456789.eE+-[],: \t\r\n"
+BARE_KEY = b'{"instances"}'.translate(None, NUMERIC_BYTES)
+"""What is left of a body of numbers once every byte a number, a list or whitespace can use is deleted (one pass
+in C, where looking for quotes, `true`, `false` and `null` one by one took four)."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +61,27 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
     rows = _instances_field(payload, spec)
     if isinstance(rows[0], dict):
         return _named(rows, spec)
-    # Fast path: a body with no strings besides the key and no true/false/null can only hold numbers.
-    if body.count(b'"') == 2 and b"true" not in body and b"false" not in body and b"null" not in body:
-        try:
-            with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported below
-                array = np.array(rows, dtype=np.float32)
-        except (ValueError, TypeError):
-            array = None
-        if array is not None and array.ndim == 2 and array.shape[1] == spec.n_features and np.isfinite(array).all():
+    # Fast path: a body that is only the key, brackets, commas and numbers holds no strings, true, false or null.
+    if body.translate(None, NUMERIC_BYTES) == BARE_KEY:
+        array = _numbers(rows, spec.n_features)
+        if array is not None:
             return array
     return _positional(rows, spec)
+
+
+def _numbers(rows: list, n: int) -> np.ndarray | None:
+    """Rows of `n` numbers as float32 in one pass through numpy, or None for anything else (including values
+    beyond float32), which the exact scan then describes. `fromiter` over the flattened rows takes half the
+    time of `np.array` on nested lists, which first works out their shape."""
+    if not all(type(row) is list and len(row) == n for row in rows):
+        return None
+    try:
+        array = np.fromiter(itertools.chain.from_iterable(rows), np.float64, count=len(rows) * n)
+    except (ValueError, TypeError, OverflowError):  # a nested list, or an integer beyond float64
+        return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        array = array.astype(np.float32).reshape(len(rows), n)
+    return array if np.isfinite(array).all() else None
 
 
 def _wrong_type(field: str, expected: str, value: Any, wanted: str) -> InvalidInput:

@@ -99,7 +99,18 @@ def _timeout(request: dict) -> int | None:
 
 
 def _input_tensor(tensor: dict, binary: bytes, spec: InputSpec) -> np.ndarray:
-    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    datatype = tensor.get("datatype")
+    rows = check_input(tensor.get("name"), datatype, tensor.get("shape"), spec)
+    parameters = _parameters(tensor, "inputs[0].parameters")
+    if "binary_data_size" in parameters:
+        array = _binary_tensor(parameters["binary_data_size"], binary, rows * spec.n_features, DATATYPES[datatype])
+    else:
+        array = _json_tensor(tensor.get("data"), rows * spec.n_features)
+    return as_features(array, rows, spec)
+
+
+def check_input(name: Any, datatype: Any, shape: Any, spec: InputSpec) -> int:
+    """The rows of a well-formed input tensor description (REST or gRPC), else a 4xx naming what is wrong."""
     if name != INPUT_NAME:
         raise _bad(
             f"input name {describe(name)} is unknown; this model takes one input {INPUT_NAME!r}",
@@ -131,21 +142,20 @@ def _input_tensor(tensor: dict, binary: bytes, spec: InputSpec) -> np.ndarray:
             expected=f"[N, {n}]",
             got=describe(shape),
         )
-    rows = shape[0]
-    if rows > spec.max_rows:
+    if shape[0] > spec.max_rows:
         raise PayloadTooLarge(
-            f"input shape {shape}: {rows} rows, the limit per request is {spec.max_rows}",
+            f"input shape {shape}: {shape[0]} rows, the limit per request is {spec.max_rows}",
             reason="too_many_rows",
             field="inputs[0].shape",
             expected=spec.max_rows,
-            got=rows,
+            got=shape[0],
         )
-    parameters = _parameters(tensor, "inputs[0].parameters")
-    if "binary_data_size" in parameters:
-        array = _binary_tensor(parameters["binary_data_size"], binary, rows * n, DATATYPES[datatype])
-    else:
-        array = _json_tensor(tensor.get("data"), rows * n)
-    array = array.reshape(rows, n).astype(np.float32, copy=False)
+    return shape[0]
+
+
+def as_features(array: np.ndarray, rows: int, spec: InputSpec) -> np.ndarray:
+    """The decoded values as float32 [rows, n_features], refused if any is not finite."""
+    array = array.reshape(rows, spec.n_features).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         row, column = map(int, np.argwhere(~np.isfinite(array))[0])
         raise _bad(
@@ -166,15 +176,21 @@ def _binary_tensor(size: Any, binary: bytes, count: int, dtype: type) -> np.ndar
             expected=expected,
             got=describe(size),
         )
-    if len(binary) != expected:
+    return from_bytes(binary, count, dtype, "inputs[0].parameters.binary_data_size")
+
+
+def from_bytes(data: bytes, count: int, dtype: type, field: str) -> np.ndarray:
+    """`count` little-endian values of `dtype` (the binary extension's and gRPC raw contents' layout)."""
+    expected = count * np.dtype(dtype).itemsize
+    if len(data) != expected:
         raise _bad(
-            f"the body carries {len(binary)} bytes of tensor data, binary_data_size says {expected}",
+            f"the request carries {len(data)} bytes of tensor data, the shape needs {expected}",
             "shape_mismatch",
-            field="inputs[0].parameters.binary_data_size",
+            field=field,
             expected=expected,
-            got=len(binary),
+            got=len(data),
         )
-    return np.frombuffer(binary, dtype=np.dtype(dtype).newbyteorder("<"))
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
 
 
 def _json_tensor(data: Any, count: int) -> np.ndarray:

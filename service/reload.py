@@ -3,10 +3,12 @@
 The HTTP process decides what takes traffic. In `poll` model control mode every `poll_interval` seconds (in
 `explicit` mode on demand, one model at a time: service/control.py) it re-reads the repository in a thread: a
 new version is verified (manifest, hashes, graph, parity probe) before the swap, so until then the old version
-keeps answering; a broken one is listed with its reason and never answers. Each change bumps `generation`,
-which every queued job carries: a worker that sees a newer generation re-reads the repository too, and a
-worker asked for a version it has not loaded loads it on the spot, so requests already queued for an old
-version still finish.
+keeps answering; a broken one is listed with its reason and never answers. Each change sets `generation` to
+the moment it was seen (the system-wide monotonic clock, in ns), which every queued job carries: a worker that
+sees a newer generation re-reads the repository too, and a worker asked for a version it has not loaded loads
+it on the spot, so requests already queued for an old version still finish. A timestamp rather than a count
+keeps this right with several HTTP processes, each with its own reloader: they may see the same changes at
+different moments and in different steps, but a later look always carries a larger number.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from service import metrics
 from service.errors import ServiceError
@@ -27,6 +30,7 @@ class Reloader:
         self.registry = registry
         self.poll_interval = poll_interval
         self.generation = 0
+        self.counts_failures = True  # only one HTTP process's reloader counts load failures (all see the same)
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task | None = None
         self._published: set[tuple[str, int, str]] = set()
@@ -58,8 +62,8 @@ class Reloader:
             failures = await asyncio.to_thread(self.registry.refresh, names)
             after = {(e.name, e.version): e for e in self.registry.entries()}
             if before.keys() != after.keys() or any(after[k] is not before[k] for k in after):
-                self.generation += 1
-            for entry in failures:
+                self.generation = time.monotonic_ns()
+            for entry in failures if self.counts_failures else ():
                 metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
             for name, version in self._served().items():
                 if served_before.get(name) != version:

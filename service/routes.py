@@ -45,7 +45,7 @@ def _details(gateway: Gateway, model: ModelVersion) -> schemas.ModelDetails:
     )
 
 
-def _oip_metadata(gateway: Gateway, model: ModelVersion) -> schemas.OipModelMetadata:
+def oip_metadata(gateway: Gateway, model: ModelVersion) -> schemas.OipModelMetadata:
     ready = [str(v.version) for v in gateway.registry.models[model.name].values() if v.state == "READY"]
     return schemas.OipModelMetadata(
         name=model.name,
@@ -202,7 +202,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         "/v2/models/{name}", response_model=schemas.OipModelMetadata, responses=errors, tags=["open inference protocol"]
     )
     def oip_model(name: str):
-        return _oip_metadata(gateway, registry.get(name))
+        return oip_metadata(gateway, registry.get(name))
 
     @app.get(
         "/v2/models/{name}/versions/{version}",
@@ -211,7 +211,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         tags=["open inference protocol"],
     )
     def oip_model_version(name: str, version: str):
-        return _oip_metadata(gateway, registry.get(name, parse_version(version)))
+        return oip_metadata(gateway, registry.get(name, parse_version(version)))
 
     @app.get("/v2/models/{name}/ready", responses=errors, tags=["open inference protocol"])
     def oip_model_ready(name: str):

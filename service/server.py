@@ -1,9 +1,9 @@
 """Assemble and run the server: LitServer + the inference worker + the fast path + the other routes.
 
 Process model (LitServe's): this main process, a queue manager, `workers` spawned inference workers holding
-the ONNX Runtime sessions, and one forked HTTP process. A worker that dies is replaced (service/transport.py).
-Shutdown on SIGINT or SIGTERM goes through LitServe's graceful path, so in-flight requests finish and no child
-outlives the server.
+the ONNX Runtime sessions, and `http_processes` forked HTTP processes sharing the listening sockets. A worker
+that dies is replaced (service/transport.py). Shutdown on SIGINT or SIGTERM goes through LitServe's graceful
+path, so in-flight requests finish and no child outlives the server.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from service import control, metrics, routes
 from service.fastpath import FastPath, Gateway
+from service.grpc_api.port import check_bindable
 from service.protocol import protocol_for
 from service.registry import Registry
 from service.reload import Reloader
@@ -51,6 +52,11 @@ def build(settings: Settings) -> ls.LitServer:
         r for r in server.app.router.routes if not (isinstance(r, APIRoute) and r.path == api.api_path)
     ]
     server.http_protocol = protocol_for(settings)
+    if settings.grpc_port:  # the HTTP processes bind it once forked; a port that cannot be had stops startup here
+        try:
+            check_bindable(settings.host, settings.grpc_port)
+        except OSError as e:
+            raise SystemExit(f"error: {e}") from None
     if settings.health_port:
         server.health_socket = uvicorn.Config(app=None, host=settings.host, port=settings.health_port).bind_socket()
     # The fast path is the outermost ASGI layer: prediction requests skip Starlette's error and exception
@@ -99,7 +105,7 @@ def serve(settings: Settings) -> None:
     server.run(
         host=settings.host,
         port=settings.port,
-        num_api_servers=1,
+        num_api_servers=settings.http_processes,
         generate_client_file=False,
         log_level="warning" if settings.log_level in ("debug", "info") else settings.log_level,
         access_log=False,

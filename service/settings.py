@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_http_processes() -> int:
+    """One HTTP process per four cores this process may run on, at least one, at most eight.
+
+    The HTTP process parses, validates and answers every request on one core; the inference workers need the
+    others. On 2 cores a second HTTP process only takes CPU from the worker (README, Performance); from about
+    8 cores on, a single one caps the server. Containers with a CPU quota should set it explicitly.
+    """
+    return max(1, min(8, len(os.sched_getaffinity(0)) // 4))
 
 
 class Settings(BaseSettings):
@@ -25,6 +36,11 @@ class Settings(BaseSettings):
     health_port: int = Field(0, ge=0, le=65535)
     """A second port that answers only `/v2/health/live`, `/v2/health/ready` and `/metrics`: orchestrator probes
     there never queue behind client connections, however many a storm opens. 0: none (probes use `port`)."""
+
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """The Open Inference Protocol over gRPC (`tritonclient.grpc`, KServe `grpc-v2`), on `host`; 8001 is Triton's
+    convention. 0: no gRPC. Every HTTP process listens on it (SO_REUSEPORT), so another server started on the
+    same port by the same user would share its traffic: give each server its own."""
 
     repository: Path = Path("models")
     """The model repository: `<repository>/<name>/<version>/` as published by `python -m training train`."""
@@ -43,6 +59,16 @@ class Settings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=64)
     """Inference worker processes per model (each holds its own ONNX Runtime sessions)."""
+
+    http_processes: int | None = Field(None, ge=1, le=64)
+    """HTTP processes (LitServe's API servers) sharing the listening sockets, each with its own pipes to every
+    worker; default: one per 4 cores (at least 1, at most 8), and 1 in `explicit` model control mode.
+    Admission-control budgets are split among them."""
+
+    inline_max_rows: int = Field(16, ge=0)
+    """Requests of at most this many rows are run by the HTTP process itself while no worker has work outstanding
+    (service/inline.py): two process hops cost more than a small model. CPU only; 0: every request goes to a
+    worker."""
 
     max_rows_per_request: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -109,11 +135,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected an IP address or 'localhost', got {value!r}") from None
         return value
 
-    @field_validator("health_port")
+    @field_validator("health_port", "grpc_port")
     @classmethod
-    def _health_port(cls, value: int) -> int:
+    def _extra_port(cls, value: int) -> int:
         if value and value < 1024:
             raise ValueError(f"expected 0 (none) or a port from 1024 to 65535, got {value}")
+        return value
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_port(cls, value: int, info: ValidationInfo) -> int:
+        """Bound by every HTTP process with SO_REUSEPORT: on the HTTP or health port it would fail only there."""
+        if value and value in (info.data.get("port"), info.data.get("health_port")):
+            raise ValueError(f"port {value} is already the HTTP port or the health port")
         return value
 
     @field_validator("repository")
@@ -122,6 +156,17 @@ class Settings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"{str(value)!r} is not a directory")
         return value.resolve()
+
+    @model_validator(mode="after")
+    def _http_processes(self) -> Settings:
+        if self.http_processes is None:
+            self.http_processes = 1 if self.model_control_mode == "explicit" else default_http_processes()
+        elif self.model_control_mode == "explicit" and self.http_processes > 1:
+            raise ValueError(
+                "model_control_mode 'explicit' needs http_processes=1: a load or unload request reaches only the "
+                "HTTP process that accepted it, and the others would keep serving what they had"
+            )
+        return self
 
     def configure_logging(self) -> None:
         """Called in every process (workers are spawned and do not inherit the parent's logging setup)."""

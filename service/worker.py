@@ -6,6 +6,7 @@ worker runs the model and encodes each response body, which spreads the JSON wor
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
@@ -29,14 +30,27 @@ JSON = b"application/json"
 
 
 def encode_predictions(model: str, version: int, classes: list[str], probabilities: np.ndarray) -> bytes:
-    """The simple API's answer: per row, the top label and every label's probability."""
+    """The simple API's answer: per row, the top label and every label's probability.
+
+    Built as text, not as a dict per row (which cost more than the model on a 1000-row request): orjson writes the
+    whole matrix at once, each float32 in its shortest exact form, and the values are spliced into a per-model
+    row template.
+    """
+    heads, row = _row_template(tuple(classes))
+    n = len(classes)
+    matrix = orjson.dumps(np.ascontiguousarray(probabilities, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
+    values = matrix[2:-2].replace(b"],[", b",").split(b",")
     best = probabilities.argmax(axis=1).tolist()
-    rows = probabilities.tolist()
-    predictions = [
-        {"label": classes[i], "probabilities": dict(zip(classes, row, strict=True))}
-        for i, row in zip(best, rows, strict=True)
-    ]
-    return orjson.dumps({"model": model, "version": version, "predictions": predictions})
+    rows = b",".join([heads[b] + row % tuple(values[i * n : i * n + n]) for i, b in enumerate(best)])
+    return b'{"model":%b,"version":%d,"predictions":[%b]}' % (orjson.dumps(model), version, rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_template(classes: tuple[str, ...]) -> tuple[list[bytes], bytes]:
+    """Per top class, the start of a row (`{"label":…,"probabilities":{`); and the rest, a `%s` per class."""
+    keys = [orjson.dumps(label) for label in classes]
+    heads = [b'{"label":' + key + b',"probabilities":{' for key in keys]
+    return heads, b",".join(key.replace(b"%", b"%%") + b":%s" for key in keys) + b"}}"
 
 
 def error_answer(status: int, message: str, reason: str) -> Answer:

@@ -64,6 +64,10 @@ class Server:
     def __init__(self, repo: Path, *flags: str, log_level: str = "info"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Never the default 8001: gRPC binds with SO_REUSEPORT, so servers of parallel test runs would share it.
+        self.grpc_port = 0 if "--grpc-port" in flags else free_port()
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
+        flags = flags if "--grpc-port" in flags else (*flags, "--grpc-port", str(self.grpc_port))
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tabserve-test-{self.port}.log"
         command = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port),
                    "--log-level", log_level, *flags]  # fmt: skip

@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 
-def parse_args(description: str, needs_model: bool = True) -> argparse.Namespace:
-    """The command line every comparison server shares, so the harness starts them all the same way."""
+def parse_args(description: str, needs_model: bool = True, flags: tuple[str, ...] = ()) -> argparse.Namespace:
+    """The command line every comparison server shares, so the harness starts them all the same way (`flags`: a
+    server's own on/off switches)."""
     parser = argparse.ArgumentParser(description=description)
+    for flag in flags:
+        parser.add_argument(flag, action="store_true")
     parser.add_argument("--model", type=Path, required=needs_model, help="a version folder: <repo>/<name>/<v>")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")

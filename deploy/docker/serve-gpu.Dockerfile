@@ -41,8 +41,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     TABSERVE_DEVICE=auto
 USER 10001
 WORKDIR /home/tabserve
-# Port 8000 unless TABSERVE_PORT (or, with no TABSERVE_PORT, PORT: KServe, Cloud Run) says otherwise.
-EXPOSE 8000
+# Port 8000 unless TABSERVE_PORT (or, with no TABSERVE_PORT, PORT: KServe, Cloud Run) says otherwise; the Open
+# Inference Protocol over gRPC on 8001 unless TABSERVE_GRPC_PORT says otherwise (0: none).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; port = os.environ.get('TABSERVE_PORT') or os.environ.get('PORT', '8000'); u.urlopen(f'http://127.0.0.1:{port}/v2/health/ready', timeout=2)"]
 CMD ["python", "-m", "service"]

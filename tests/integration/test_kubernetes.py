@@ -159,6 +159,8 @@ def test_ports_and_selectors_agree():
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports["http"] == int(env(main)["TABSERVE_PORT"])
     assert ports["health"] == int(env(main)["TABSERVE_HEALTH_PORT"])
+    assert ports["grpc"] == int(env(main)["TABSERVE_GRPC_PORT"])
+    assert {p["name"] for p in service["spec"]["ports"]} == {"http", "grpc"}
     assert {probe["port"] for probe in probes(main).values()} == {"health"}  # never behind client connections
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
@@ -210,10 +212,12 @@ def test_the_kserve_runtime_matches_its_inference_service():
     service = one("overlays/kserve", "InferenceService")
     (main,) = runtime["spec"]["containers"]
     assert main["name"] == "kserve-container"  # KServe finds the model server by this name
-    assert {"v1", "v2"} <= set(runtime["spec"]["protocolVersions"])
+    assert {"v1", "v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
     assert {"onnx"} == {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert env(main)["TABSERVE_REPOSITORY"] == "/mnt/models"  # where the storage initializer puts storageUri
     assert int(env(main)["TABSERVE_PORT"]) == main["ports"][0]["containerPort"] == 8080
+    grpc_port = main["ports"][1]  # KServe names a gRPC port h2c
+    assert (grpc_port["name"], grpc_port["containerPort"]) == ("h2c", int(env(main)["TABSERVE_GRPC_PORT"]))
     assert {p["port"] for p in probes(main).values()} == {8080}
     model = service["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"] and model["modelFormat"]["name"] == "onnx"

@@ -62,10 +62,10 @@ def rows_run(server: Server) -> float:
 
 @pytest.fixture(scope="module")
 def single(repo):
-    """One worker, a queue bound of 5 rows, and a byte bound equal to the largest body (4 KiB)."""
-    process = Server(
-        repo, "--workers", "1", "--max-queue-rows", "5", "--max-body-bytes", "4096", "--max-pending-bytes", "4096"
-    )
+    """One worker, a queue bound of 5 rows, and a byte bound equal to the largest body (4 KiB); every request goes
+    to the worker (no inline lane: these tests hold requests in a stopped worker's queue)."""
+    process = Server(repo, "--workers", "1", "--max-queue-rows", "5", "--max-body-bytes", "4096",
+                     "--max-pending-bytes", "4096", "--inline-max-rows", "0")  # fmt: skip
     predict(process)  # the HTTP process has adopted the worker
     yield process
     process.stop()
@@ -141,7 +141,7 @@ def test_a_request_whose_client_left_is_never_computed(single):
 
 @pytest.fixture(scope="module")
 def pair(repo):
-    process = Server(repo, "--workers", "2")
+    process = Server(repo, "--workers", "2", "--inline-max-rows", "0")
     wait_for(lambda: len(worker_pids(process)) == 2 or predict(process).status_code != 200)
     yield process
     process.stop()

@@ -1,6 +1,8 @@
 """The server as clients see it: a real `python -m service` process, httpx over loopback."""
 
+import json
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -229,3 +231,19 @@ def test_a_large_bad_body_is_refused_by_the_worker_with_the_same_message(server)
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "instances[29999][1]" and response.json()["reason"] == "non_numeric"
     assert predict(server, {"instances": rows[:-1]}).status_code == 200  # and the worker keeps serving
+
+
+def test_expect_100_continue_is_answered_before_the_body_and_the_answer_follows_whole(server):
+    """The response head is held back until its body (service/protocol.py `OneWrite`); 100 Continue never is."""
+    body = json.dumps({"instances": [ROWS[0].tolist()]}).encode()
+    head = (f"POST /v1/models/iris/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nexpect: 100-continue\r\n\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(head.encode())
+        assert connection.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # before any body byte
+        connection.sendall(body)
+        answer = b""
+        while not (answer.count(b"\r\n\r\n") and answer.endswith(b"}]}")):
+            answer += connection.recv(65536)
+    status, _, payload = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 OK") and json.loads(payload)["predictions"][0]["label"] == "setosa"

@@ -1,0 +1,117 @@
+"""Several HTTP processes (`--http-processes 2`): both take connections, metrics stay exact, a new version is
+served by both, a worker's death is handled by both, and SIGTERM leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+
+from tests.metrics_text import Scrape
+from tests.serving import Server, republish
+
+ROW = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+REQUESTS = 400
+
+
+@pytest.fixture
+def repo(trained, tmp_path):
+    root = tmp_path / "models"
+    republish(trained[0], root, "iris")
+    return root
+
+
+@pytest.fixture
+def server(repo, tmp_path):
+    process = Server(repo, "--http-processes", "2", "--workers", "2", "--poll-interval", "0.2",
+                     "--metrics-dir", str(tmp_path / "metrics"))  # fmt: skip
+    yield process
+    process.stop()
+
+
+def predict_on_fresh_connections(url: str, count: int, threads: int = 16) -> list[tuple[int, int | None]]:
+    """(status, version) of `count` requests, each on a new connection, `threads` at a time."""
+
+    def one(_) -> tuple[int, int | None]:
+        response = httpx.post(url + "/v1/models/iris/predict", json=ROW, timeout=30)
+        return response.status_code, response.json().get("version")
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def http_process_pids(server: Server) -> set[int]:
+    """The HTTP processes: those whose dispatcher logged taking up a worker (service/dispatch.py)."""
+    return {int(pid) for pid in re.findall(r"tabserve.dispatch \[(\d+)\] inference worker", server.output())}
+
+
+def test_both_processes_serve_and_metrics_stay_exact(server, tmp_path):
+    pids = http_process_pids(server)
+    assert len(pids) == 2, pids
+    answers = predict_on_fresh_connections(server.url, REQUESTS)
+    assert answers == [(200, 1)] * REQUESTS
+    # prometheus-client writes one file per process that recorded a value: both HTTP processes counted requests
+    counted = {int(f.stem.rsplit("_", 1)[1]) for f in (tmp_path / "metrics").glob("counter_*.db")}
+    assert pids <= counted, (pids, counted)
+    scrape = Scrape.of(server.url)
+    assert scrape.sum("tabserve_requests_total", model="iris", code="200") == REQUESTS
+    assert scrape.sum("tabserve_rows_total", model="iris") == REQUESTS
+    assert scrape.sum("tabserve_requests_in_flight") == 0
+
+
+def test_grpc_is_served_by_both_processes_on_one_port(server):
+    """Each HTTP process runs its own gRPC server on the shared port (SO_REUSEPORT): new connections reach both."""
+    row = np.array([ROW["instances"][0]], dtype=np.float32)
+
+    def infer(_) -> int:
+        with tgrpc.InferenceServerClient(server.grpc_address) as client:  # a new channel: a new connection
+            tensor = tgrpc.InferInput("features", list(row.shape), "FP32")
+            tensor.set_data_from_numpy(row)
+            return client.infer("iris", [tensor]).as_numpy("probabilities").shape[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(infer, range(64))) == [1] * 64
+    scrape = Scrape.of(server.url)
+    assert scrape.sum("tabserve_requests_total", endpoint="grpc_infer", code="200") == 64
+
+
+def test_a_new_version_is_served_by_both(server, repo, trained):
+    republish(trained[0], repo, "iris")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answers = predict_on_fresh_connections(server.url, 64)
+        if {version for _, version in answers} == {2}:
+            break
+        time.sleep(0.2)
+    assert answers == [(200, 2)] * 64
+    assert Scrape.of(server.url).sum("tabserve_model_load_failures_total") == 0
+
+
+def test_a_killed_worker_is_replaced_for_both_processes(server):
+    def workers() -> set[int]:
+        return {int(pid) for pid in re.findall(r"inference worker \d+ \(pid (\d+)\) takes", server.output())}
+
+    deadline = time.monotonic() + 30
+    while len(workers()) < 2 and time.monotonic() < deadline:  # ready means one worker is up; wait for both
+        time.sleep(0.1)
+    assert len(workers()) == 2, workers()
+    os.kill(min(workers()), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # requests in flight at the kill may get 503; then every answer is 200
+        statuses = {status for status, _ in predict_on_fresh_connections(server.url, 64)}
+        if statuses == {200}:
+            break
+        assert statuses <= {200, 503}
+        time.sleep(0.2)
+    assert statuses == {200}
+    deadline = time.monotonic() + 30
+    while Scrape.of(server.url).sum("tabserve_worker_restarts_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Scrape.of(server.url).sum("tabserve_worker_restarts_total") == 1
