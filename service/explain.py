@@ -110,13 +110,26 @@ def encode_explanations(manifest: Manifest, version: int, result: np.ndarray, re
             "version": version,
             "method": manifest.explanation.method,
             "steps": manifest.explanation.steps,
-            "baseline": {
-                "kind": manifest.explanation.baseline,
-                "features": dict(zip(features, manifest.scaler.mean, strict=True)),
-            },
+            "baseline": _baseline(manifest),
             "explanations": answers,
         }
     )
+
+
+_BASELINES: dict[int, tuple[Manifest, orjson.Fragment]] = {}
+
+
+def _baseline(manifest: Manifest) -> orjson.Fragment:
+    """The answer's `baseline`, serialized once per loaded version: rebuilding it was half of encoding a 1-row
+    answer of a 64-feature model (20 of 36 µs)."""
+    cached = _BASELINES.get(id(manifest))
+    if cached is None or cached[0] is not manifest:
+        if len(_BASELINES) > 256:  # versions come and go with reloads; never let old ones pile up
+            _BASELINES.clear()
+        features = dict(zip(manifest.features, manifest.scaler.mean, strict=True))
+        cached = manifest, orjson.Fragment(orjson.dumps({"kind": manifest.explanation.baseline, "features": features}))
+        _BASELINES[id(manifest)] = cached
+    return cached[1]
 
 
 def _class_explanation(row: list[float], features: list[str], classes: list[str]) -> dict[str, Any]:
