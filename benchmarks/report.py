@@ -12,6 +12,7 @@ STRICT = "fastapi-strict"  # the same server answering only the probability matr
 TABSERVE = "tabserve"
 INPROCESS = "onnxruntime"  # the row of in-process ONNX Runtime (no HTTP)
 C1, C16, C64 = "json 1 row c=1", "json 1 row c=16", "json 1 row c=64"
+EXPLAIN_C16 = "json 1 row explain c=16"
 JSON_1000, BINARY_1000, IN_PROCESS_1000 = "json 1000 rows c=4", "binary 1000 rows c=4", "in-process batch 1000"
 GRPC_1000 = "grpc 1000 rows c=4"  # tritonclient.grpc.aio (Python, in the harness) instead of hey
 # The scenario whose baseline row a scenario is compared with (binary tensors, gRPC, in-process ORT: 1000-row JSON).
@@ -108,6 +109,7 @@ BARS = [
      0.3),
     ("binary rows/s >= 70% of in-process ORT", TABSERVE, BINARY_1000, "rows_per_s", INPROCESS, IN_PROCESS_1000, ">=",
      0.7),
+    ("explain 1 row c=16 rps >= 50% of predict's", TABSERVE, EXPLAIN_C16, "rps", TABSERVE, C16, ">=", 0.5),
     ("c=64 rps with 4 HTTP processes >= 3x with 1 (>= 8 cores)", f"{TABSERVE}-h4", C64, "rps", f"{TABSERVE}-h1", C64,
      ">=", 3),
     ("c=1 p50 vs the strict baseline", TABSERVE, C1, "p50_ms", STRICT, C1, "info", 0),

@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import grpc_load, model, report
 from benchmarks.loadgen import Load, drive, hey_available
 from benchmarks.procs import NotAvailable, free_port, http_status, idle_cpu_percent, running
-from benchmarks.report import BINARY_1000, C1, C16, C64, GRPC_1000, IN_PROCESS_1000, JSON_1000, Row
+from benchmarks.report import BINARY_1000, C1, C16, C64, EXPLAIN_C16, GRPC_1000, IN_PROCESS_1000, JSON_1000, Row
 from benchmarks.servers import load_classes
 
 DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
@@ -51,6 +51,7 @@ class Scenario:
     binary: bool = False
     servers: tuple[str, ...] = SERVERS
     grpc: bool = False  # the Open Inference Protocol over gRPC (tabserve only), driven by benchmarks/grpc_load.py
+    explain: bool = False  # tabserve's explain route (integrated gradients), the same body as predict
 
 
 SCENARIOS = (
@@ -60,6 +61,7 @@ SCENARIOS = (
     Scenario(JSON_1000, 1000, 4, servers=MAIN),
     Scenario(BINARY_1000, 1000, 4, binary=True, servers=(report.TABSERVE,)),
     Scenario(GRPC_1000, 1000, 4, servers=(report.TABSERVE,), grpc=True),
+    Scenario(EXPLAIN_C16, 1, 16, servers=(report.TABSERVE,), explain=True),
 )
 
 
@@ -69,6 +71,7 @@ class Server:
     ready: str
     predict: str
     infer: str | None = None  # the Open Inference Protocol endpoint, for binary tensors
+    explain: str | None = None
 
 
 SPECS = {
@@ -78,7 +81,11 @@ SPECS = {
     "litserve": Server("litserve", "/health", "/predict"),
     **{
         name: Server(
-            name, "/v2/health/ready", f"/v1/models/{model.MODEL_NAME}/predict", f"/v2/models/{model.MODEL_NAME}/infer"
+            name,
+            "/v2/health/ready",
+            f"/v1/models/{model.MODEL_NAME}/predict",
+            f"/v2/models/{model.MODEL_NAME}/infer",
+            f"/v1/models/{model.MODEL_NAME}:explain",
         )
         for name in (report.TABSERVE, *SWEEP)
     },
@@ -126,7 +133,8 @@ def server_command(name: str, port: int, model_dir: Path, repository: Path, grpc
 def make_load(spec: Server, base: str, scenario: Scenario) -> Load:
     rows = model.digits_rows(scenario.rows)
     if not scenario.binary:
-        return Load(base + spec.predict, model.json_body(rows), scenario.rows, scenario.concurrency)
+        path = spec.explain if scenario.explain else spec.predict
+        return Load(base + path, model.json_body(rows), scenario.rows, scenario.concurrency)
     body, header_length = model.binary_body(rows)
     headers = (f"Inference-Header-Content-Length: {header_length}",)
     return Load(base + spec.infer, body, scenario.rows, scenario.concurrency, "application/octet-stream", headers)
@@ -151,7 +159,12 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
     try:
         if header_length is not None:
             got = model.parse_binary_response(body, int(header_length))
-        elif load.content_type == "application/json" and "predictions" in (answer := json.loads(body)):
+        elif load.content_type == "application/json" and "explanations" in (answer := json.loads(body)):
+            if [e["label"] for e in answer["explanations"]] != [classes[i] for i in expected.argmax(axis=1)]:
+                return "explained a class other than the predicted one"
+            got = np.array([e["probability"] for e in answer["explanations"]], np.float32)  # the predicted class's
+            expected = expected.max(axis=1)
+        elif load.content_type == "application/json" and "predictions" in answer:
             got = np.array([[p["probabilities"][c] for c in classes] for p in answer["predictions"]], np.float32)
         elif load.content_type == "application/json":  # the strict baseline: the bare matrix
             got = np.asarray(answer["probabilities"], dtype=np.float32)

@@ -17,7 +17,7 @@ from bundle.atomic import sha256_file
 from bundle.errors import BundleError
 from bundle.graph_safety import check_graph_safety
 from bundle.manifest import MANIFEST_FILE, Manifest
-from bundle.repository import LABEL_ENCODER_FILE, MODEL_FILE, SCALER_FILE
+from bundle.repository import EXPLAIN_FILE, LABEL_ENCODER_FILE, MODEL_FILE, SCALER_FILE
 
 REQUIRED_FILES = (MODEL_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
 METADATA_KEYS = ("name", "version", "features", "labels")
@@ -45,7 +45,7 @@ def read_manifest(folder: Path) -> Manifest:
 
 
 def check_hashes(folder: Path, manifest: Manifest) -> None:
-    for required in REQUIRED_FILES:
+    for required in graph_files(manifest):
         if required not in manifest.files:
             raise BundleError(f"{folder}: manifest lists no {required}", "manifest_invalid")
     for name, expected in manifest.files.items():
@@ -101,6 +101,35 @@ def check_probe(session: ort.InferenceSession, manifest: Manifest, path: Path) -
         )
 
 
+EXPLAIN_INPUTS = [("features", "tensor(float)"), ("target", "tensor(int64)")]
+EXPLAIN_OUTPUTS = ["probabilities", "class_index", "baseline_probability", "attributions"]
+
+
+def check_explainer(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
+    """`explain.onnx` must have the explanation signature and still give the attributions recorded at training."""
+    got_in = [(i.name, i.type) for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if got_in != EXPLAIN_INPUTS or got_out != EXPLAIN_OUTPUTS:
+        raise BundleError(
+            f"{path}: graph signature {got_in} -> {got_out}, expected {EXPLAIN_INPUTS} -> {EXPLAIN_OUTPUTS}",
+            "graph_mismatch",
+        )
+    inputs = np.asarray(manifest.explanation.probe_inputs, dtype=np.float32)
+    target = np.full(len(inputs), -1, dtype=np.int64)
+    got = session.run(["attributions"], {"features": inputs, "target": target})[0]
+    difference = float(np.abs(got - np.asarray(manifest.explanation.probe_attributions, dtype=np.float32)).max())
+    if not difference <= PROBE_TOLERANCE:
+        raise BundleError(
+            f"{path}: explanation probe differs from training by {difference:.2e} (tolerance {PROBE_TOLERANCE})",
+            "parity_mismatch",
+        )
+
+
+def graph_files(manifest: Manifest) -> tuple[str, ...]:
+    """The ONNX graphs a version has: the required three, and the explanation graph when it was published."""
+    return (*REQUIRED_FILES, EXPLAIN_FILE) if manifest.explanation is not None else REQUIRED_FILES
+
+
 def check_label_encoder(folder: Path, manifest: Manifest) -> None:
     """`label_encoder.onnx` must decode every class index to the manifest's label."""
     path = Path(folder) / LABEL_ENCODER_FILE
@@ -129,11 +158,13 @@ def check_bundle(folder: Path) -> Manifest:
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_hashes(folder, manifest)
-    for name in REQUIRED_FILES:  # before ONNX Runtime opens any of them
+    for name in graph_files(manifest):  # before ONNX Runtime opens any of them
         check_graph_safety(folder / name)
     session = open_session(folder / MODEL_FILE)
     check_model_graph(folder, manifest, session)
     check_probe(session, manifest, folder / MODEL_FILE)
     check_scaler(folder, manifest)
     check_label_encoder(folder, manifest)
+    if manifest.explanation is not None:
+        check_explainer(open_session(folder / EXPLAIN_FILE), manifest, folder / EXPLAIN_FILE)
     return manifest

@@ -51,6 +51,22 @@ class Probe(_Strict):
     probabilities: list[list[float]]
 
 
+class Explanation(_Strict):
+    """The explanation graph (`explain.onnx`): integrated gradients from the training mean, and how well its
+    quadrature did on the held-out rows at training time. Absent in bundles published before explanations."""
+
+    method: Literal["integrated_gradients"] = "integrated_gradients"
+    baseline: Literal["training_mean"] = Field("training_mean", description="The scaler's mean (`scaler.mean`).")
+    rule: Literal["gauss_legendre"] = "gauss_legendre"
+    steps: int = Field(ge=1, description="Quadrature points along the path from the baseline to the row.")
+    completeness_max_error: float = Field(
+        description="Max |sum of attributions - (p(x) - p(baseline))| over the validation and test rows."
+    )
+    convergence_max_change: float = Field(description="Max change of an attribution when the steps double.")
+    probe_inputs: list[list[float]] = Field(description="A few test rows (the parity probe's).")
+    probe_attributions: list[list[float]] = Field(description="Their attributions for the predicted class.")
+
+
 class DatasetInfo(_Strict):
     source: str = Field(description="Built-in dataset name or the data file's path as given.")
     fingerprint: str = Field(description="sha256 over feature names, values and labels of all rows.")
@@ -70,6 +86,7 @@ class Manifest(_Strict):
     outputs: list[TensorSpec]
     scaler: ScalerParams
     probe: Probe | None = Field(None, description="Parity probe; absent in bundles from before it existed.")
+    explanation: Explanation | None = Field(None, description="Absent in bundles from before explanations.")
     metrics: dict[str, float] = Field(description="Test-split metrics: accuracy, log_loss, macro_f1, ...")
     training: dict[str, Any] = Field(description="The training configuration that produced the model.")
     dataset: DatasetInfo

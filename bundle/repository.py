@@ -19,6 +19,7 @@ from bundle.atomic import make_readable, write_text_atomic
 from bundle.manifest import Manifest
 
 MODEL_FILE = "model.onnx"
+EXPLAIN_FILE = "explain.onnx"
 SCALER_FILE = "scaler.onnx"
 LABEL_ENCODER_FILE = "label_encoder.onnx"
 REPORT_FILE = "report.json"

@@ -18,6 +18,7 @@ import numpy as np
 from litserve.loops import BatchedLoop
 
 from service import deadlines, oip
+from service.explain import decode_explain
 from service.instances import InputSpec, decode_instances
 from service.transport import WorkerPort
 
@@ -30,7 +31,7 @@ class Job(NamedTuple):
     A NamedTuple because every job is pickled through a pipe: tuples pickle faster than dataclasses.
     """
 
-    kind: str  # "predict" (simple JSON) or "infer" (Open Inference Protocol)
+    kind: str  # "predict" (simple JSON), "explain" (the same body, explain.onnx) or "infer" (Open Inference Protocol)
     model: str
     version: int
     features: np.ndarray | None  # float32 [rows, n_features], validated; None until `decode_job` ran
@@ -41,6 +42,7 @@ class Job(NamedTuple):
     deadline: float = float("inf")  # not run after this (service/deadlines.py)
     body: bytes | None = None  # the raw request body, until decoded (large bodies are decoded by the worker)
     header_length: str | None = None  # OIP binary extension: Inference-Header-Content-Length
+    target: int | None = None  # "explain" jobs: the class index named in the body, besides the predicted class
 
     @property
     def rows(self) -> int:
@@ -77,6 +79,9 @@ def decode_job(job: Job, spec: InputSpec) -> Job:
     process for small bodies and in the worker for large ones: the same code and messages either way."""
     if job.kind == "predict":
         return job._replace(features=decode_instances(job.body, spec), body=None)
+    if job.kind == "explain":
+        features, target = decode_explain(job.body, spec)
+        return job._replace(features=features, target=target, body=None)
     infer = oip.decode_infer(job.body, job.header_length, spec)
     if infer.id is None:
         infer = replace(infer, id=job.request_id)

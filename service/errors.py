@@ -78,6 +78,13 @@ class ModelNotFound(ServiceError):
     reason = "model_not_found"
 
 
+class Conflict(ServiceError):
+    """The request is fine but this version cannot do it (e.g. explain with a version that has no explain graph)."""
+
+    status = 409
+    reason = "conflict"
+
+
 class ModelNotReady(ServiceError):
     status = 503
     reason = "model_not_ready"

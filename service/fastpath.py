@@ -38,6 +38,7 @@ from service.errors import (
     UnsupportedMediaType,
     WorkerUnavailable,
 )
+from service.explain import require_explanation
 from service.inline import InlineLane
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
@@ -46,6 +47,10 @@ from service.settings import Settings
 PREDICT = re.compile(
     r"^/(?:predict|v1/models/(?P<name>[^/:]+)(?::predict|/predict|/versions/(?P<version>[^/]+)/predict))$"
 )
+EXPLAIN = re.compile(
+    r"^/(?:explain|v1/models/(?P<name>[^/:]+)(?::explain|/explain|/versions/(?P<version>[^/]+)/explain))$"
+)
+"""KServe V1's verb and the simple API's forms, as for predict (service/explain.py)."""
 INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 HEALTH = frozenset({"/v2/health/live", "/v2/health/ready"})
 """Answered by the fast path itself (their FastAPI routes in service/routes.py document them)."""
@@ -249,10 +254,11 @@ class FastPath:
         if self.health_port and scope["server"] and scope["server"][1] == self.health_port and path != "/metrics":
             body = b'{"error":"this port serves only /v2/health/live, /v2/health/ready and /metrics","reason":"http"}'
             return await _respond(send, 404, body, [(b"content-type", b"application/json")])
-        if scope["method"] == "POST" and ((match := PREDICT.match(path)) or (match := INFER.match(path))):
-            return await self.predict(
-                "predict" if match.re is PREDICT else "infer", match, headers, request_id, receive, send
-            )
+        if scope["method"] == "POST" and (
+            (match := PREDICT.match(path)) or (match := INFER.match(path)) or (match := EXPLAIN.match(path))
+        ):
+            kind = "predict" if match.re is PREDICT else "infer" if match.re is INFER else "explain"
+            return await self.predict(kind, match, headers, request_id, receive, send)
         if path not in PUBLIC and not self.gateway.authorized(headers):
             error = Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
             return await _respond(
@@ -322,6 +328,8 @@ class FastPath:
     async def handle(self, kind: str, model: ModelVersion, headers: dict, request_id: str, arrival: float, receive,
                      read: list[bool]):  # fmt: skip
         gateway, settings = self.gateway, self.gateway.settings
+        if kind == "explain":
+            require_explanation(model.name, model.version, model.manifest)
         header_length = headers.get(oip.HEADER_LENGTH.encode())
         _check_content_type(headers, binary_allowed=header_length is not None)
         deadline = deadlines.from_headers(arrival, settings.max_queue_time_ms / 1000, headers)

@@ -31,6 +31,7 @@ class InputSpec:
 
     features: tuple[str, ...]
     max_rows: int
+    classes: tuple[str, ...] = ()  # for explain bodies that name a class (service/explain.py)
     index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,9 +53,11 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {e}", reason="malformed_json") from None
 
 
-def decode_instances(body: bytes, spec: InputSpec) -> np.ndarray:
-    """The body's rows as float32 [rows, n_features]; raises a `ServiceError` naming the first problem."""
-    payload = parse_json(body)
+def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.ndarray:
+    """The body's rows as float32 [rows, n_features]; raises a `ServiceError` naming the first problem.
+
+    `payload`: the body already parsed (by a caller that read other fields from it), else it is parsed here."""
+    payload = parse_json(body) if payload is None else payload
     rows = _instances_field(payload, spec)
     if isinstance(rows[0], dict):
         return _named(rows, spec)

@@ -41,8 +41,9 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 requests_total = Counter(
     "tabserve_requests_total",
     "Prediction requests answered, by model, version, endpoint (predict: simple JSON, infer: Open Inference "
-    "Protocol, grpc_infer: its gRPC ModelInfer) and HTTP status code (for gRPC, the status the same error gets over "
-    "REST; 499: the call was cancelled). model and version are empty when the request named no known model.",
+    "Protocol, grpc_infer: its gRPC ModelInfer, explain: explanations) and HTTP status code (for gRPC, the status "
+    "the same error gets over REST; 499: the call was cancelled). model and version are empty when the request "
+    "named no known model.",
     ["model", "version", "endpoint", "code"],
 )
 request_duration_seconds = Histogram(

@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bundle import policy, repository
-from bundle.integrity import BundleError, check_bundle, check_probe
+from bundle.integrity import BundleError, check_bundle, check_explainer, check_probe
 from bundle.manifest import Manifest
+from service import explain
 from service.errors import ModelNotFound, ModelNotReady
 from service.instances import InputSpec
 
@@ -66,10 +67,16 @@ class ModelVersion:
     session: ort.InferenceSession | None = None
     provider: str | None = None
     spec: InputSpec | None = None
+    explainer: ort.InferenceSession | None = None  # explain.onnx, for versions published with one
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         assert self.session is not None
         return self.session.run(["probabilities"], {"features": features})[0]
+
+    def explain(self, packed: np.ndarray) -> np.ndarray:
+        """Rows packed by `explain.packed_rows` → per row: class index, probability, baseline's, attributions."""
+        explain.require_explanation(self.name, self.version, self.manifest)
+        return explain.run_packed(self.explainer, packed)
 
 
 def load_version(folder: Path, device: str, max_rows: int, session: bool = True) -> ModelVersion:
@@ -82,13 +89,14 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
     try:
         manifest = check_bundle(folder)
         providers = providers_for(device)
-        onnx_session = None
+        onnx_session = explainer = None
         if session:
             onnx_session = ort.InferenceSession(
                 str(folder / repository.MODEL_FILE), sess_options=session_options(), providers=providers
             )
             providers = onnx_session.get_providers()
             check_probe(onnx_session, manifest, folder / repository.MODEL_FILE)  # on the provider that will serve
+            explainer = open_explainer(folder, manifest, providers)
     except BundleError as e:
         log.error("skipping %s/%s: %s", name, version, e)
         return ModelVersion(name, version, "UNAVAILABLE", reason=str(e), reason_code=e.reason)
@@ -97,12 +105,29 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
         return ModelVersion(
             name, version, "UNAVAILABLE", reason=f"{type(e).__name__}: {e}", reason_code="session_error"
         )
-    spec = InputSpec(features=tuple(manifest.features), max_rows=max_rows)
+    spec = InputSpec(features=tuple(manifest.features), max_rows=max_rows, classes=tuple(manifest.classes))
     loaded = ModelVersion(
-        name, version, "READY", manifest=manifest, session=onnx_session, spec=spec, provider=providers[0]
-    )
+        name, version, "READY", manifest=manifest, session=onnx_session, spec=spec, provider=providers[0],
+        explainer=explainer,
+    )  # fmt: skip
     log.info("loaded %s/%s on %s", name, version, loaded.provider)
     return loaded
+
+
+def open_explainer(folder: Path, manifest: Manifest, providers: list[str]) -> ort.InferenceSession | None:
+    """The explain graph's session, opened with the model's (workers only), or None for a version without one.
+
+    Opened at load rather than on the first explain request: it is verified (probe) before the version takes
+    traffic, no request pays for opening it, and an idle one costs next to nothing. Measured on the digits MLP
+    (108 KiB graph, 32 steps): opening it adds 0.1 MiB RSS to the worker; running explain calls of up to 128
+    rows (4,096 path points) raises RSS by 9 MiB, which only explain traffic ever causes.
+    """
+    if manifest.explanation is None:
+        return None
+    path = folder / repository.EXPLAIN_FILE
+    explainer = ort.InferenceSession(str(path), sess_options=session_options(), providers=providers)
+    check_explainer(explainer, manifest, path)  # on the provider that will serve
+    return explainer
 
 
 def stamp(folder: Path) -> tuple:

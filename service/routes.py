@@ -163,6 +163,25 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             openapi_extra=_fast_path_operation(path, schemas.PredictRequest),
         )
 
+    for path, summary in (
+        ("/explain", "Explain the default model's predictions"),
+        ("/v1/models/{name}/explain", "Explain with the newest ready version (also KServe V1 `:explain`)"),
+        ("/v1/models/{name}/versions/{version}/explain", "Explain with one version"),
+    ):
+        app.add_api_route(
+            path,
+            served_by_fast_path,
+            methods=["POST"],
+            summary=summary,
+            description="Integrated gradients from the training mean, per row, for the predicted class and for the "
+            "class named in the body. 409: this version has no explanation graph (published before explanations "
+            "existed); retrain.",
+            tags=["explain"],
+            response_model=schemas.ExplainResponse,
+            responses={**errors, 409: {"model": schemas.ErrorResponse}},
+            openapi_extra=_fast_path_operation(path, schemas.ExplainRequest),
+        )
+
     # --- Open Inference Protocol ------------------------------------------------------------------
 
     @app.get("/v2", response_model=schemas.OipServerMetadata, tags=["open inference protocol"])
@@ -220,7 +239,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
 
     control.register(app, gateway, errors)
 
-    _complete_openapi(app, gateway, (schemas.PredictRequest, schemas.OipInferRequest))
+    _complete_openapi(app, gateway, (schemas.PredictRequest, schemas.ExplainRequest, schemas.OipInferRequest))
 
 
 def _served_version(gateway: Gateway, name: str) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PredictRequest(BaseModel):
@@ -27,6 +27,51 @@ class PredictResponse(BaseModel):
     model: str
     version: int
     predictions: list[Prediction]
+
+
+class ExplainRequest(BaseModel):
+    """A predict body, and optionally a class to explain besides the predicted one."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    instances: list[list[float]] | list[dict[str, float]] = Field(
+        description="Rows as lists in the model's feature order, or as objects keyed by feature name.",
+        examples=[[[5.1, 3.5, 1.4, 0.2]]],
+    )
+    class_: str | None = Field(
+        None, alias="class", description="A class label to explain as well (as `requested`); 422 names the classes."
+    )
+
+
+class ClassExplanation(BaseModel):
+    label: str = Field(description="The class explained.")
+    probability: float = Field(description="Its probability for this row.")
+    baseline_probability: float = Field(description="Its probability at the baseline (the training mean).")
+    attributions: dict[str, float] = Field(
+        description="Per feature, its share of probability - baseline_probability (integrated gradients)."
+    )
+    completeness_error: float = Field(
+        description="sum(attributions) - (probability - baseline_probability): the quadrature's error for this row."
+    )
+
+
+class RowExplanation(ClassExplanation):
+    """The predicted class's explanation, and the requested class's when the body named one."""
+
+    requested: ClassExplanation | None = None
+
+
+class Baseline(BaseModel):
+    kind: Literal["training_mean"] = Field(description="The training split's mean (the scaler's).")
+    features: dict[str, float]
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    method: Literal["integrated_gradients"]
+    steps: int = Field(description="Gauss-Legendre points along the straight path from the baseline to the row.")
+    baseline: Baseline
+    explanations: list[RowExplanation]
 
 
 class ErrorResponse(BaseModel):

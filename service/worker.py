@@ -15,9 +15,9 @@ import litserve as ls
 import numpy as np
 import orjson
 
-from service import metrics, oip
+from service import explain, metrics, oip
 from service.batching import Job, NoWaitBatchedLoop, decode_job, plan_calls, run_calls
-from service.errors import ModelNotReady, ServiceError
+from service.errors import ServiceError
 from service.registry import Registry
 from service.settings import Settings
 
@@ -97,6 +97,11 @@ class InferenceAPI(ls.LitAPI):
         self._signals(entry).observe_call(features, probabilities, time.perf_counter() - start)
         return probabilities
 
+    def explain(self, model: str, version: int, packed: np.ndarray) -> np.ndarray:
+        """Explanations for rows packed by `explain.packed_rows` (not counted in the class mix or drift: a row
+        explained is usually a row already predicted)."""
+        return self.registry.ensure(model, version).explain(packed)
+
     def _signals(self, entry) -> metrics.VersionSignals:
         key = entry.name, entry.version
         if key not in self.signals:
@@ -132,18 +137,35 @@ class InferenceAPI(ls.LitAPI):
                 answers[index] = self.dropped(job, "deadline_exceeded")
                 continue
             runnable.append((index, job))
-        ready = [job for _, job in runnable]
-        calls = plan_calls(ready, self.settings.max_batch_rows)
-        if log.isEnabledFor(logging.DEBUG):
-            for call in calls:
-                requests = len({index for index, _, _ in call.parts})
-                log.debug("onnxruntime call %s/%s rows=%d requests=%d", call.model, call.version, call.rows, requests)
-        results = run_calls(ready, calls, self.predict)
+        results = self.run([job for _, job in runnable])
         for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
                 signals.queue.observe(queue_seconds[index])
             answers[index] = self._encode(job, result)
         return answers
+
+    def run(self, jobs: list[Job]) -> list[np.ndarray | Exception]:
+        """Predictions and explanations of one batch: the same loop, separate ONNX Runtime calls (different graphs)."""
+        results: list[np.ndarray | Exception | None] = [None] * len(jobs)
+        explaining = [job.kind == "explain" for job in jobs]
+        for wanted, max_rows, run in (
+            (False, self.settings.max_batch_rows, self.predict),
+            (True, explain.ROWS_PER_CALL, self.explain),
+        ):
+            indices = [i for i, flag in enumerate(explaining) if flag == wanted]
+            group = [jobs[i] for i in indices]
+            if wanted:
+                group = [job._replace(features=explain.packed_rows(job.features, job.target)) for job in group]
+            calls = plan_calls(group, max_rows)
+            if log.isEnabledFor(logging.DEBUG):
+                for call in calls:
+                    requests = len({index for index, _, _ in call.parts})
+                    what = "explain " if wanted else ""
+                    log.debug("onnxruntime %scall %s/%s rows=%d requests=%d", what, call.model, call.version,
+                              call.rows, requests)  # fmt: skip
+            for i, result in zip(indices, run_calls(group, calls, run), strict=True):
+                results[i] = result
+        return results
 
     def _decoded(self, job: Job) -> Job:
         if job.features is not None:
@@ -157,13 +179,17 @@ class InferenceAPI(ls.LitAPI):
         return error.status, orjson.dumps(error.body()), [(b"content-type", JSON)]
 
     def _encode(self, job: Job, result: np.ndarray | Exception) -> Answer:
-        if isinstance(result, ModelNotReady):
-            return error_answer(503, result.message, result.reason)
+        if isinstance(result, ServiceError):  # ModelNotReady (503), a version without explain.onnx (409)
+            return error_answer(result.status, result.message, result.reason)
         if isinstance(result, Exception):
             return error_answer(500, f"inference failed: {type(result).__name__}", "inference_error")
-        classes = self.registry.get(job.model, job.version).manifest.classes
+        manifest = self.registry.get(job.model, job.version).manifest
+        classes = manifest.classes
         if job.kind == "predict":
             return 200, encode_predictions(job.model, job.version, classes, result), [(b"content-type", JSON)]
+        if job.kind == "explain":
+            body = explain.encode_explanations(manifest, job.version, result, job.target is not None)
+            return 200, body, [(b"content-type", JSON)]
         labels = [classes[i] for i in result.argmax(axis=1).tolist()]
         body, header_length = oip.encode_infer(job.model, job.version, job.infer, result, labels)
         if header_length is None:

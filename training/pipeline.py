@@ -18,7 +18,7 @@ from bundle import repository
 from bundle.atomic import sha256_file
 from bundle.integrity import onnx_metadata
 from bundle.manifest import MANIFEST_FILE, DatasetInfo, Manifest, Probe, ScalerParams, TensorSpec
-from training import checkpoint, data, evaluate, export
+from training import checkpoint, data, evaluate, explain, export
 from training.config import TrainConfig
 from training.errors import ResumeError
 from training.model import Classifier
@@ -106,6 +106,10 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
     export.export_classifier(classifier, n_features, metadata, model_path)
     parity = export.check_classifier_parity(model_path, classifier, prepared.test.X)
     reviewed = review(model_path) if review else {}
+    held_out = np.concatenate([prepared.val.X, prepared.test.X])
+    explanation = explain.write_explainer(
+        classifier, held_out, prepared.test.X[:PROBE_ROWS], staging / repository.EXPLAIN_FILE
+    )
     export.export_scaler(prepared.scaler, n_features, staging / repository.SCALER_FILE, prepared.test.X)
     export.export_label_decoder(prepared.encoder, classes, staging / repository.LABEL_ENCODER_FILE)
     shutil.copyfile(Path(workdir) / checkpoint.BEST, staging / repository.CHECKPOINT_FILE)
@@ -137,6 +141,7 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
         outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, len(classes)])],
         scaler=ScalerParams(mean=prepared.scaler.mean_.tolist(), scale=prepared.scaler.scale_.tolist()),
         probe=probe,
+        explanation=explanation,
         metrics=evaluate.headline(metrics),
         training=config.model_dump(mode="json"),
         dataset=DatasetInfo(

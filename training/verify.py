@@ -8,8 +8,8 @@ import numpy as np
 
 from bundle.integrity import BundleError, check_bundle
 from bundle.manifest import Manifest
-from bundle.repository import CHECKPOINT_FILE, MODEL_FILE
-from training import checkpoint, export
+from bundle.repository import CHECKPOINT_FILE, EXPLAIN_FILE, MODEL_FILE
+from training import checkpoint, explain, export
 from training.errors import ParityError, ResumeError
 
 PROBE_ROWS = 512
@@ -24,7 +24,8 @@ def probe_rows(manifest: Manifest, rows: int = PROBE_ROWS, seed: int = 0) -> np.
 
 
 def verify(folder: Path) -> tuple[Manifest, float]:
-    """Hashes, graphs and metadata (as the server checks them), then ONNX vs torch parity from the checkpoint.
+    """Hashes, graphs and metadata (as the server checks them), then ONNX vs torch parity from the checkpoint
+    (and the explanation graph's against torch autograd, when the version has one).
 
     Returns the manifest and the largest probability difference; raises `BundleError` on any failure.
     """
@@ -39,6 +40,9 @@ def verify(folder: Path) -> tuple[Manifest, float]:
     classifier = checkpoint.rebuild_classifier(saved)
     try:
         difference = export.check_classifier_parity(folder / MODEL_FILE, classifier, probe_rows(manifest))
+        if manifest.explanation is not None:
+            rows = probe_rows(manifest, 64)
+            explain.check_explainer_parity(folder / EXPLAIN_FILE, classifier, rows, manifest.explanation.steps)
     except ParityError as e:
         raise BundleError(f"{folder}: {e}") from None
     return manifest, difference

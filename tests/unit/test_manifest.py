@@ -20,13 +20,22 @@ def test_manifest_carries_what_serving_needs(trained):
     assert [(t.name, t.datatype, t.shape) for t in manifest.inputs] == [("features", "FP32", [-1, 4])]
     assert [(t.name, t.datatype, t.shape) for t in manifest.outputs] == [("probabilities", "FP32", [-1, 3])]
     assert set(manifest.files) == {
-        "model.onnx", "scaler.onnx", "label_encoder.onnx", "report.json", "curves.png",
+        "model.onnx", "scaler.onnx", "label_encoder.onnx", "explain.onnx", "report.json", "curves.png",
         "confusion_matrix.png", "checkpoint.pt",
     }  # fmt: skip
     assert {"accuracy", "log_loss", "macro_f1", "weighted_f1"} <= set(manifest.metrics)
     assert manifest.dataset.split == {"train": 104, "val": 23, "test": 23}
     assert {"torch", "onnxruntime", "scikit-learn"} <= set(manifest.libraries)
     assert manifest.training["seed"] == 0
+
+
+def test_a_manifest_from_before_explanations_still_reads_and_verifies(trained):
+    """The committed default model was published before explanations: no `explanation`, no explain.onnx."""
+    from bundle.integrity import check_bundle
+    from tests.conftest import ROOT
+
+    legacy = check_bundle(ROOT / "models" / "iris" / "1")
+    assert legacy.explanation is None and "explain.onnx" not in legacy.files
 
 
 def changed(manifest, **fields):
