@@ -91,6 +91,11 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float)
     parser.add_argument("--test-fraction", type=float)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        help="fit temperature scaling on the validation split into model.onnx (default: on; --no-calibrate: off)",
+    )
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
@@ -140,7 +145,8 @@ def _train(args: argparse.Namespace) -> int:
     metrics = manifest.metrics
     print(
         f"published {folder} — test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-        f"log-loss {metrics['log_loss']:.4f}"
+        f"log-loss {metrics['log_loss']:.4f}, ECE {metrics['ece']:.4f}"
+        + (f" (temperature {manifest.calibration.temperature:.3f})" if manifest.calibration else "")
     )
     return 0
 

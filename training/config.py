@@ -55,6 +55,7 @@ class TrainConfig(BaseModel):
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    calibrate: bool = Field(True, description="Fit temperature scaling on the validation split (into model.onnx).")
 
     @model_validator(mode="after")
     def _splits_leave_training_rows(self) -> TrainConfig:
