@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     quality = commands.add_parser("quality", help="ours vs scikit-learn's MLPClassifier on every built-in dataset")
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--datasets", type=_columns, help="comma-separated subset of the built-ins")
+    quality.add_argument("--repeats", type=int, default=3, help="runs per side; the fastest counts (default 3)")
     return parser
 
 
@@ -85,6 +86,7 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--patience", type=int)
+    parser.add_argument("--min-delta", type=float, help="early stopping: a new best must be this fraction lower")
     parser.add_argument("--lr-patience", type=int)
     parser.add_argument("--lr-factor", type=float)
     parser.add_argument("--class-weights", choices=["none", "balanced"])
@@ -195,7 +197,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from training.quality import main
 
-    return main(seed=args.seed, datasets=args.datasets)
+    return main(seed=args.seed, datasets=args.datasets, repeats=max(1, args.repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
