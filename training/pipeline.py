@@ -64,9 +64,9 @@ def fit(
 ) -> Fitted:
     """Load (unless given) and split the data, train (continuing from `workdir/last.pt` if `resume`), then fit
     the calibration temperature on the validation split (unless `config.calibrate` is off)."""
-    started = time.perf_counter()
     dataset = dataset or data.load(config.dataset, config.label_column, config.features)
     prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
+    started = time.perf_counter()  # training time: from the split data to a calibrated model
     trainer = Trainer(config, prepared, dataset, workdir, progress=progress)
     if resume:
         trainer.resume(Path(workdir) / checkpoint.LAST)
