@@ -67,6 +67,17 @@ class Explanation(_Strict):
     probe_attributions: list[list[float]] = Field(description="Their attributions for the predicted class.")
 
 
+class Calibration(_Strict):
+    """Temperature scaling folded into model.onnx: probabilities = softmax(logits / temperature).
+
+    Informational for serving (the graph already applies it); absent in bundles from before calibration
+    and in those trained with `--no-calibrate`.
+    """
+
+    method: Literal["temperature"] = "temperature"
+    temperature: float = Field(gt=0, description="1.0 when the fit did not help on the validation split.")
+
+
 class DatasetInfo(_Strict):
     source: str = Field(description="Built-in dataset name or the data file's path as given.")
     fingerprint: str = Field(description="sha256 over feature names, values and labels of all rows.")
@@ -87,7 +98,8 @@ class Manifest(_Strict):
     scaler: ScalerParams
     probe: Probe | None = Field(None, description="Parity probe; absent in bundles from before it existed.")
     explanation: Explanation | None = Field(None, description="Absent in bundles from before explanations.")
-    metrics: dict[str, float] = Field(description="Test-split metrics: accuracy, log_loss, macro_f1, ...")
+    metrics: dict[str, float] = Field(description="Test-split metrics: accuracy, log_loss, macro_f1, ece, ...")
+    calibration: Calibration | None = Field(None, description="Absent: not calibrated (T = 1).")
     training: dict[str, Any] = Field(description="The training configuration that produced the model.")
     dataset: DatasetInfo
     files: dict[str, str] = Field(description="sha256 of every other file in the version folder.")

@@ -40,10 +40,15 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def rebuild_classifier(checkpoint: dict[str, Any]) -> Classifier:
-    """The exported graph (standardize → MLP → softmax) rebuilt from a checkpoint alone."""
+    """The exported graph (standardize → MLP → / T → softmax) rebuilt from a checkpoint alone.
+
+    A bundle's checkpoint carries the calibration temperature; training checkpoints and bundles from before
+    calibration have none (T = 1).
+    """
     config = TrainConfig.model_validate(checkpoint["config"])
     mlp = MLP.from_config(len(checkpoint["features"]), len(checkpoint["classes"]), config.model)
     mlp.load_state_dict(checkpoint["model"])
     scaler = checkpoint["scaler"]
-    classifier = Classifier(mlp, torch.tensor(scaler["mean"]), torch.tensor(scaler["scale"]))
+    temperature = checkpoint.get("calibration", {}).get("temperature", 1.0)
+    classifier = Classifier(mlp, torch.tensor(scaler["mean"]), torch.tensor(scaler["scale"]), temperature)
     return classifier.eval()

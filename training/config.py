@@ -45,16 +45,20 @@ class TrainConfig(BaseModel):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     model: ModelConfig = ModelConfig()
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-2, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="For sgd only.")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(256, ge=1)
     max_epochs: int = Field(300, ge=1)
-    patience: int = Field(30, ge=1, description="Early stopping: epochs without a better val loss.")
-    lr_patience: int = Field(10, ge=1, description="Reduce-LR-on-plateau patience, in epochs.")
+    patience: int = Field(15, ge=1, description="Early stopping: epochs without a better val loss.")
+    min_delta: float = Field(
+        1e-3, ge=0.0, lt=1.0, description="Early stopping: a new best val loss is lower by at least this fraction."
+    )
+    lr_patience: int = Field(5, ge=1, description="Reduce-LR-on-plateau patience, in epochs.")
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     class_weights: Literal["none", "balanced"] = "none"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    calibrate: bool = Field(True, description="Fit temperature scaling on the validation split (into model.onnx).")
 
     @model_validator(mode="after")
     def _splits_leave_training_rows(self) -> TrainConfig:

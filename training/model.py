@@ -1,4 +1,4 @@
-"""The network: an MLP returning logits, and the serving graph around it (standardize → MLP → softmax)."""
+"""The network: an MLP returning logits, and the serving graph around it (standardize → MLP → / T → softmax)."""
 
 from __future__ import annotations
 
@@ -65,14 +65,26 @@ class Classifier(nn.Module):
     """What gets exported and served: raw features in, class probabilities out.
 
     Standardization lives inside the graph so a client sends features as they are, and a server can
-    never pair a model with the wrong scaler.
+    never pair a model with the wrong scaler. The calibration temperature (`training/calibrate.py`) lives
+    here for the same reason: every graph exported from this module divides the logits by it.
     """
 
-    def __init__(self, mlp: MLP, mean: torch.Tensor, scale: torch.Tensor):
+    def __init__(self, mlp: MLP, mean: torch.Tensor, scale: torch.Tensor, temperature: float = 1.0):
         super().__init__()
         self.mlp = mlp
         self.register_buffer("mean", mean.to(torch.float32))
         self.register_buffer("scale", scale.to(torch.float32))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.set_temperature(temperature)
+
+    def set_temperature(self, temperature: float) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature.fill_(float(temperature))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits of raw features (what temperature scaling is fitted on)."""
+        return self.mlp((features - self.mean) / self.scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.mlp((features - self.mean) / self.scale), dim=-1)
+        return torch.softmax(self.logits(features) / self.temperature, dim=-1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,12 +12,21 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
+import scipy.special
 
 from bundle import repository
 from bundle.atomic import sha256_file
 from bundle.integrity import onnx_metadata
-from bundle.manifest import MANIFEST_FILE, DatasetInfo, Manifest, Probe, ScalerParams, TensorSpec
-from training import checkpoint, data, evaluate, explain, export
+from bundle.manifest import (
+    MANIFEST_FILE,
+    Calibration,
+    DatasetInfo,
+    Manifest,
+    Probe,
+    ScalerParams,
+    TensorSpec,
+)
+from training import calibrate, checkpoint, data, evaluate, explain, export
 from training.config import TrainConfig
 from training.errors import ResumeError
 from training.model import Classifier
@@ -27,6 +35,7 @@ from training.trainer import Trainer
 
 CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+RELIABILITY_FILE = "reliability.png"
 PROBE_ROWS = 8
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "scikit-learn", "skl2onnx", "numpy")
 
@@ -55,21 +64,25 @@ class Fitted:
     state: object
     workdir: Path
     training_seconds: float
+    calibration: calibrate.Temperature | None = None
 
 
 def fit(
     config: TrainConfig, workdir: Path, resume: bool = False, progress: bool = True, dataset: data.Dataset | None = None
 ) -> Fitted:
-    """Load (unless given) and split the data, train (continuing from `workdir/last.pt` if `resume`)."""
-    started = time.perf_counter()
+    """Load (unless given) and split the data, train (continuing from `workdir/last.pt` if `resume`), then fit
+    the calibration temperature on the validation split (unless `config.calibrate` is off)."""
     dataset = dataset or data.load(config.dataset, config.label_column, config.features)
     prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
+    started = time.perf_counter()  # training time: from the split data to a calibrated model
     trainer = Trainer(config, prepared, dataset, workdir, progress=progress)
     if resume:
         trainer.resume(Path(workdir) / checkpoint.LAST)
     state = trainer.fit()
     classifier = checkpoint.rebuild_classifier(trainer.best_checkpoint())
-    return Fitted(config, dataset, prepared, classifier, state, Path(workdir), time.perf_counter() - started)
+    calibration = calibrate.calibrate(classifier, prepared.val) if config.calibrate else None
+    seconds = time.perf_counter() - started
+    return Fitted(config, dataset, prepared, classifier, state, Path(workdir), seconds, calibration)
 
 
 Review = Callable[[Path], dict]
@@ -112,13 +125,16 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
     )
     export.export_scaler(prepared.scaler, n_features, staging / repository.SCALER_FILE, prepared.test.X)
     export.export_label_decoder(prepared.encoder, classes, staging / repository.LABEL_ENCODER_FILE)
-    shutil.copyfile(Path(workdir) / checkpoint.BEST, staging / repository.CHECKPOINT_FILE)
+    temperature = float(classifier.temperature)
+    best = checkpoint.load(Path(workdir) / checkpoint.BEST)  # + the temperature: verify rebuilds this very graph
+    checkpoint.save(staging / repository.CHECKPOINT_FILE, {**best, "calibration": {"temperature": temperature}})
 
     probabilities = onnx_probabilities(model_path, prepared.test.X)
     probe = Probe(inputs=prepared.test.X[:PROBE_ROWS].tolist(), probabilities=probabilities[:PROBE_ROWS].tolist())
     metrics = evaluate.evaluate(probabilities, prepared.test.y, classes)
     evaluate.plot_curves(state.history, state.best_epoch, staging / CURVES_FILE)
     evaluate.plot_confusion_matrix(metrics, staging / CONFUSION_FILE)
+    calibration = calibration_report(fitted, probabilities, staging / RELIABILITY_FILE)
     report = {
         "model": config.name,
         "version": version,
@@ -127,6 +143,7 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
         "epochs_run": state.epoch,
         "history": state.history,
         "parity_max_abs_diff": parity,
+        "calibration": calibration,
         "training_seconds": training_seconds,
         "config": config.model_dump(mode="json"),
         **reviewed,
@@ -143,6 +160,7 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
         probe=probe,
         explanation=explanation,
         metrics=evaluate.headline(metrics),
+        calibration=Calibration(temperature=temperature) if fitted.calibration else None,
         training=config.model_dump(mode="json"),
         dataset=DatasetInfo(
             source=dataset.source,
@@ -155,6 +173,23 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
     )
     manifest.write(staging)
     return manifest
+
+
+def calibration_report(fitted: Fitted, served: np.ndarray, diagram: Path) -> dict:
+    """Test-split calibration before (T = 1), as served (the exported graph) and, when the fitted T was not
+    applied, at that T; the reliability diagram shows the first and the one that differs."""
+    test, result = fitted.prepared.test, fitted.calibration
+    logits = calibrate.logits(fitted.classifier, test.X)
+    before = scipy.special.softmax(logits, axis=1)
+    curves = {"before (T = 1)": before}
+    scores = {"before": before, "after": served}
+    if result is not None and result.applied:
+        curves[f"after, as served (T = {result.temperature:.3f})"] = served
+    elif result is not None:
+        scores["fitted"] = scipy.special.softmax(logits / result.fitted, axis=1)
+        curves[f"fitted T = {result.fitted:.3f} (not applied)"] = scores["fitted"]
+    evaluate.plot_reliability(curves, test.y, diagram)
+    return calibrate.report(result, {key: evaluate.calibration_scores(p, test.y) for key, p in scores.items()})
 
 
 def onnx_probabilities(path: Path, X: np.ndarray) -> np.ndarray:

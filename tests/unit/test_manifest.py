@@ -21,9 +21,9 @@ def test_manifest_carries_what_serving_needs(trained):
     assert [(t.name, t.datatype, t.shape) for t in manifest.outputs] == [("probabilities", "FP32", [-1, 3])]
     assert set(manifest.files) == {
         "model.onnx", "scaler.onnx", "label_encoder.onnx", "explain.onnx", "report.json", "curves.png",
-        "confusion_matrix.png", "checkpoint.pt",
+        "confusion_matrix.png", "reliability.png", "checkpoint.pt",
     }  # fmt: skip
-    assert {"accuracy", "log_loss", "macro_f1", "weighted_f1"} <= set(manifest.metrics)
+    assert {"accuracy", "log_loss", "macro_f1", "weighted_f1", "ece", "brier"} <= set(manifest.metrics)
     assert manifest.dataset.split == {"train": 104, "val": 23, "test": 23}
     assert {"torch", "onnxruntime", "scikit-learn"} <= set(manifest.libraries)
     assert manifest.training["seed"] == 0

@@ -53,3 +53,22 @@ def trainer_scale(trainer, x):
 def test_early_stopping_stops_after_patience(tmp_path):
     _, state = fit(tmp_path, max_epochs=500, patience=3, lr=0.05)
     assert state.epoch < 500 and state.epoch - state.best_epoch == 3
+
+
+def test_checkpoints_written_less_often_change_nothing(tmp_path, monkeypatch):
+    """Writing `last.pt` at most once per interval is a speed choice only: every epoch (interval 0) or only the
+    last one (an interval longer than the run) ends with the same weights, history and best checkpoint."""
+    from training import trainer as trainer_module
+
+    runs = {}
+    for interval in (0.0, 3600.0):
+        monkeypatch.setattr(trainer_module, "CHECKPOINT_INTERVAL_S", interval)
+        runs[interval] = fit(tmp_path / str(interval), max_epochs=12, batch_size=32)
+    (a, state_a), (b, state_b) = runs.values()
+    assert state_a.history == state_b.history and state_a.best_epoch == state_b.best_epoch
+    for key, tensor in a.model.state_dict().items():
+        assert torch.equal(tensor, b.model.state_dict()[key]), key
+    best_a, best_b = (checkpoint.load(tmp_path / str(i) / "best.pt") for i in runs)
+    assert best_a["state"] == best_b["state"] and best_a["state"]["epoch"] == state_a.best_epoch
+    for key, tensor in best_a["model"].items():
+        assert torch.equal(tensor, best_b["model"][key]), key
