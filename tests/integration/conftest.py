@@ -16,6 +16,14 @@ def repo(trained, tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def iris_repo(trained, tmp_path):
+    """A repository of its own for one test: iris v1 only (tests that publish versions or count requests)."""
+    root = tmp_path / "models"
+    republish(trained[0], root, "iris")
+    return root
+
+
 @pytest.fixture(scope="session")
 def server(repo):
     """The server most tests share: small max batch (so big requests are split), debug log (to count calls), and

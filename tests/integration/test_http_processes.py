@@ -22,15 +22,8 @@ REQUESTS = 400
 
 
 @pytest.fixture
-def repo(trained, tmp_path):
-    root = tmp_path / "models"
-    republish(trained[0], root, "iris")
-    return root
-
-
-@pytest.fixture
-def server(repo, tmp_path):
-    process = Server(repo, "--http-processes", "2", "--workers", "2", "--poll-interval", "0.2",
+def server(iris_repo, tmp_path):
+    process = Server(iris_repo, "--http-processes", "2", "--workers", "2", "--poll-interval", "0.2",
                      "--metrics-dir", str(tmp_path / "metrics"))  # fmt: skip
     yield process
     process.stop()
@@ -84,8 +77,8 @@ def test_grpc_is_served_by_both_processes_on_one_port(server):
     assert scrape.sum("tabserve_requests_total", endpoint="grpc_infer", code="200") == 64
 
 
-def test_a_new_version_is_served_by_both(server, repo, trained):
-    republish(trained[0], repo, "iris")
+def test_a_new_version_is_served_by_both(server, iris_repo, trained):
+    republish(trained[0], iris_repo, "iris")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         answers = predict_on_fresh_connections(server.url, 64)

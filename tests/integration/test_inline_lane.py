@@ -15,15 +15,8 @@ from tests.serving import Server, republish
 
 
 @pytest.fixture
-def repo(trained, tmp_path):
-    root = tmp_path / "models"
-    republish(trained[0], root, "iris")
-    return root
-
-
-@pytest.fixture
-def server(repo):
-    process = Server(repo, "--workers", "1", "--inline-max-rows", "16", "--poll-interval", "0.2")
+def server(iris_repo):
+    process = Server(iris_repo, "--workers", "1", "--inline-max-rows", "16", "--poll-interval", "0.2")
     wait_for(lambda: predict(process).status_code == 200 and bool(worker_pids(process)))
     yield process
     process.stop()
@@ -58,8 +51,8 @@ def test_the_lane_steps_aside_while_the_worker_holds_work(server):
     assert held_result[0].status_code == 200 and small_result[0].status_code == 200
 
 
-def test_the_lane_serves_a_new_version_once_it_has_verified_it(server, repo, trained):
-    republish(trained[0], repo, "iris")
+def test_the_lane_serves_a_new_version_once_it_has_verified_it(server, iris_repo, trained):
+    republish(trained[0], iris_repo, "iris")
 
     def lane_answers() -> int | None:  # the version the lane answers with, None while it cannot
         with stopped(worker_pids(server)[0]):
