@@ -31,19 +31,27 @@ def free_port() -> int:
 
 
 def republish(
-    source: Path, repo: Path, name: str, corrupt: bool = False, edit: Callable[[Path], None] | None = None
+    source: Path,
+    repo: Path,
+    name: str,
+    corrupt: bool = False,
+    edit: Callable[[Path], None] | None = None,
+    before_explanations: bool = False,
 ) -> Path:
     """Publish a copy of an existing bundle as the next version of `name`: metadata and hashes rewritten.
 
     With `corrupt`, model.onnx is damaged after hashing, inside the atomic publish: the version appears
     broken from its first moment, as a half-copied or tampered upload would be. `edit(folder)` changes the
-    files before they are hashed: a version whose hashes match what a hostile publisher made.
+    files before they are hashed: a version whose hashes match what a hostile publisher made. With
+    `before_explanations`, the version looks as bundles did before explanations existed (no explain.onnx).
     """
     template = json.loads(Manifest.read(source).model_dump_json())
+    if before_explanations:  # as bundles were published before explanations: no graph, no manifest field
+        template.pop("explanation", None)
 
     def build(staging: Path, version: int) -> Manifest:
         for path in source.iterdir():
-            if path.name != "manifest.json":
+            if path.name != "manifest.json" and not (before_explanations and path.name == repository.EXPLAIN_FILE):
                 shutil.copy(path, staging / path.name)
         model = onnx.load(staging / repository.MODEL_FILE)
         onnx.helper.set_model_props(model, onnx_metadata(name, version, template["features"], template["classes"]))

@@ -1,7 +1,7 @@
 """Explanations as clients see them: a real server, httpx over loopback, answers checked against ONNX Runtime.
 
-The repository holds `iris` v1, a copy of the default model committed before explanations existed (no
-explain.onnx), and v2, a fresh training with its explanation graph.
+The repository holds `iris` v1, published as versions were before explanations existed (no explain.onnx), and
+v2, a fresh training with its explanation graph.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +13,6 @@ import pytest
 
 from bundle.manifest import Manifest
 from service.schemas import ExplainResponse
-from tests.conftest import ROOT
 from tests.metrics_text import Scrape
 from tests.serving import Server, republish
 
@@ -26,7 +25,7 @@ ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5
 def repo(trained, tmp_path_factory):
     folder, _, _ = trained
     root = tmp_path_factory.mktemp("explained") / "models"
-    republish(ROOT / "models" / "iris" / "1", root, "iris")  # published before explanations
+    republish(folder, root, "iris", before_explanations=True)
     republish(folder, root, "iris")
     return root
 

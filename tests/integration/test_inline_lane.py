@@ -16,7 +16,9 @@ from tests.serving import Server, republish
 
 @pytest.fixture
 def server(iris_repo):
-    process = Server(iris_repo, "--workers", "1", "--inline-max-rows", "16", "--poll-interval", "0.2")
+    # One HTTP process: the lane's rule ("the only request in this process") is per process.
+    process = Server(iris_repo, "--workers", "1", "--inline-max-rows", "16", "--poll-interval", "0.2",
+                     "--http-processes", "1")  # fmt: skip
     wait_for(lambda: predict(process).status_code == 200 and bool(worker_pids(process)))
     yield process
     process.stop()

@@ -142,7 +142,8 @@ def test_a_request_whose_client_left_is_never_computed(single):
 
 @pytest.fixture(scope="module")
 def pair(repo):
-    process = Server(repo, "--workers", "2", "--inline-max-rows", "0")
+    # One HTTP process: which worker is least loaded is each process's own view.
+    process = Server(repo, "--workers", "2", "--inline-max-rows", "0", "--http-processes", "1")
     wait_for(lambda: len(worker_pids(process)) == 2 or predict(process).status_code != 200)
     yield process
     process.stop()

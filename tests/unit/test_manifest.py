@@ -29,12 +29,12 @@ def test_manifest_carries_what_serving_needs(trained):
     assert manifest.training["seed"] == 0
 
 
-def test_a_manifest_from_before_explanations_still_reads_and_verifies(trained):
-    """The committed default model was published before explanations: no `explanation`, no explain.onnx."""
+def test_a_manifest_from_before_explanations_still_reads_and_verifies(trained, tmp_path):
+    """Versions published before explanations have no `explanation` and no explain.onnx, and still verify."""
     from bundle.integrity import check_bundle
-    from tests.conftest import ROOT
+    from tests.serving import republish
 
-    legacy = check_bundle(ROOT / "models" / "iris" / "1")
+    legacy = check_bundle(republish(trained[0], tmp_path, "iris", before_explanations=True))
     assert legacy.explanation is None and "explain.onnx" not in legacy.files
 
 
