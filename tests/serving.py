@@ -46,7 +46,7 @@ def republish(
     `before_explanations`, the version looks as bundles did before explanations existed (no explain.onnx).
     """
     template = json.loads(Manifest.read(source).model_dump_json())
-    if before_explanations:  # as bundles were published before explanations: no graph, no manifest field
+    if before_explanations:
         template.pop("explanation", None)
 
     def build(staging: Path, version: int) -> Manifest:

@@ -145,19 +145,9 @@ def test_errors_map_to_status_codes_and_name_the_problem(server, client, model, 
 
 @pytest.fixture(scope="module")
 def limited(repo):
-    process = Server(
-        repo,
-        "--api-key",
-        "s3cret",
-        "--max-body-bytes",
-        "4096",
-        "--max-rows-per-request",
-        "10",
-        "--max-queue-rows",
-        "5",
-        "--http-processes",
-        "1",
-    )  # fmt: skip (one process: the bound is its own)
+    # One HTTP process: the queue bound is per process.
+    process = Server(repo, "--api-key", "s3cret", "--max-body-bytes", "4096", "--max-rows-per-request", "10",
+                     "--max-queue-rows", "5", "--http-processes", "1")  # fmt: skip
     yield process
     process.stop()
 
