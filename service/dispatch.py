@@ -52,7 +52,10 @@ class WorkerConnection:
         return self.pidfd is not None
 
     def adopt(self, pid: int) -> None:
-        """A worker announced itself on this link (at start, or as a dead one's replacement)."""
+        """A worker announced itself on this link (at start, or as a dead one's replacement), and has discarded
+        what this HTTP process's predecessor left (service/transport.py `Wiring`): so discard its answers too."""
+        self._read()
+        self.frames = FrameReader()
         self.pid = pid
         try:
             self.pidfd = os.pidfd_open(pid)
@@ -121,7 +124,12 @@ class WorkerConnection:
         return b"".join(chunks)
 
     def _on_answers(self) -> None:
-        for slot, answer in self.frames.feed(self._read()):
+        """Resolve the answers that arrived; until a worker is adopted, whatever comes is for nobody here (a dead
+        predecessor's requests, or the rest of a dead worker's message)."""
+        data = self._read()
+        if not self.alive:
+            return
+        for slot, answer in self.frames.feed(data):
             self._resolve(slot, answer)
 
     def _resolve(self, slot: int, answer: Any) -> None:
@@ -160,15 +168,16 @@ class Dispatcher:
     """This HTTP process's connections to every worker, and where the next job goes."""
 
     def __init__(self, wiring: Wiring, http_process: int):
-        self.wiring = wiring
+        self.wiring, self.http_process = wiring, http_process
         self.connections = [WorkerConnection(link, i) for i, link in enumerate(wiring.links[http_process])]
         self.rows_rate, self.bytes_rate = DrainRate(), DrainRate()
 
     def refresh(self) -> None:
-        """Adopt workers that announced themselves since the last look (a read of shared memory per worker)."""
+        """Adopt workers that announced themselves since the last look and are in step with this HTTP process (two
+        reads of shared memory per worker)."""
         for connection in self.connections:
             pid = self.wiring.pids[connection.worker_id]
-            if pid and pid != connection.pid:
+            if pid and pid != connection.pid and self.wiring.synced(self.http_process, connection.worker_id):
                 connection.adopt(pid)
 
     def live(self) -> list[WorkerConnection]:

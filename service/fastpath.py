@@ -107,16 +107,17 @@ class Gateway:
         if self.dispatcher is not None:
             return
         server, settings = self.server, self.settings
-        http_processes = len(server.wiring.links)
-        self.dispatcher = Dispatcher(server.wiring, server.app.response_queue_id)
+        http_processes, index = len(server.wiring.links), server.app.response_queue_id
+        self.dispatcher = Dispatcher(server.wiring, index)
         self.admission = Admission(
             self.dispatcher,
             max(1, settings.max_pending_bytes // http_processes),
             max(1, settings.max_queue_rows // http_processes),
             max(1, settings.max_queue_bytes // http_processes),
         )
-        self.reloader.counts_failures = server.app.response_queue_id == 0
-        self.reloader.start()
+        self.reloader.counts_failures = index == 0
+        # A replacement (service/transport.py) was forked from the main process's registry as it was at startup.
+        self.reloader.start(look_now=server.wiring.epochs[index] > 0)
         if InlineLane.wanted(settings):
             self.inline = InlineLane(settings)
             self.inline.follow(self.reloader.generation)

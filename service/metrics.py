@@ -86,6 +86,9 @@ requests_dropped_total = Counter(
 worker_restarts_total = Counter(
     "tabserve_worker_restarts_total", "Inference workers that died (crash, OOM kill, signal) and were replaced."
 )
+http_process_restarts_total = Counter(
+    "tabserve_http_process_restarts_total", "HTTP processes that died (crash, OOM kill, signal) and were replaced."
+)
 model_control_requests_total = Counter(
     "tabserve_model_control_requests_total",
     "Repository load and unload requests, by action and HTTP status code (403: refused by the model control "

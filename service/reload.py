@@ -35,22 +35,25 @@ class Reloader:
         self._task: asyncio.Task | None = None
         self._published: set[tuple[str, int, str]] = set()
 
-    def start(self) -> None:
-        """In the HTTP process, once its event loop runs (ASGI lifespan startup)."""
+    def start(self, look_now: bool = False) -> None:
+        """In the HTTP process, once its event loop runs (ASGI lifespan startup); `look_now`: poll at once rather
+        than after the first interval (a replaced HTTP process, whose registry dates from the server's start)."""
         if self._lock is not None:
             return
         self._lock = asyncio.Lock()
         self._publish()
         if self.poll_interval > 0:
-            self._task = asyncio.create_task(self._poll(), name="tabserve-repository-poll")
+            self._task = asyncio.create_task(self._poll(look_now), name="tabserve-repository-poll")
 
-    async def _poll(self) -> None:
-        while True:
+    async def _poll(self, look_now: bool) -> None:
+        if not look_now:
             await asyncio.sleep(self.poll_interval)
+        while True:
             try:
                 await self.reload()
             except Exception:  # keep polling: the next look at the repository may go better
                 log.exception("reading the repository failed")
+            await asyncio.sleep(self.poll_interval)
 
     async def reload(self, names: set[str] | None = None) -> None:
         """Re-read the repository (only the models in `names`, if given) now; returns once the new state serves."""

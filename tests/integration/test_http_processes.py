@@ -1,5 +1,6 @@
 """Several HTTP processes (`--http-processes 2`): both take connections, metrics stay exact, a new version is
-served by both, a worker's death is handled by both, and SIGTERM leaves nothing behind."""
+served by both, a worker's death is handled by both, a dead HTTP process is replaced (one of two, or the only
+one), and SIGTERM leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -110,3 +111,53 @@ def test_a_killed_worker_is_replaced_for_both_processes(server):
     while Scrape.of(server.url).sum("tabserve_worker_restarts_total") < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert Scrape.of(server.url).sum("tabserve_worker_restarts_total") == 1
+
+
+def wait_until_all_answer_200(url: str) -> None:
+    """Connections cut by a killed HTTP process fail; answers before its replacement adopts the workers may be 503."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            statuses = {status for status, _ in predict_on_fresh_connections(url, 64)}
+        except httpx.TransportError:
+            statuses = set()
+        if statuses == {200}:
+            return
+        assert statuses <= {200, 503}
+        time.sleep(0.2)
+    raise AssertionError(f"still answering {statuses}")
+
+
+def test_a_killed_http_process_is_replaced_and_both_serve_again(server):
+    deadline = time.monotonic() + 30
+    while len(pids := http_process_pids(server)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pids) == 2, pids
+    os.kill(min(pids), signal.SIGKILL)
+    wait_until_all_answer_200(server.url)
+    deadline = time.monotonic() + 30
+    while len(after := http_process_pids(server)) < 3 and time.monotonic() < deadline:  # the replacement adopted
+        time.sleep(0.1)
+    assert after - pids and max(pids) in after, after
+    answers = predict_on_fresh_connections(server.url, REQUESTS)
+    assert answers == [(200, 1)] * REQUESTS
+    scrape = Scrape.of(server.url)
+    assert scrape.sum("tabserve_http_process_restarts_total") == 1
+    assert scrape.sum("tabserve_worker_restarts_total") == 0
+    assert scrape.sum("tabserve_requests_in_flight") == 0  # the dead process's live gauge is dropped
+
+
+def test_the_only_http_process_is_replaced_and_serves_the_repository_as_it_is_now(iris_repo, trained):
+    """A replacement is forked from the main process, whose registry dates from startup: it looks at once."""
+    process = Server(iris_repo, "--http-processes", "1", "--workers", "1", "--poll-interval", "3600")
+    try:
+        assert httpx.post(process.url + "/v1/models/iris/predict", json=ROW).json()["version"] == 1
+        republish(trained[0], iris_repo, "iris")  # the running process would see it only an hour from now
+        (pid,) = http_process_pids(process)
+        os.kill(pid, signal.SIGKILL)
+        wait_until_all_answer_200(process.url)
+        assert predict_on_fresh_connections(process.url, 16) == [(200, 2)] * 16
+        assert Scrape.of(process.url).sum("tabserve_http_process_restarts_total") == 1
+        assert process.process.poll() is None
+    finally:
+        process.stop()  # raises if a process is left behind: the replacement is stopped like the others

@@ -33,7 +33,8 @@ def stopped(pid: int):
     try:
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # killed meanwhile, and already reaped by the monitor
+            os.kill(pid, signal.SIGCONT)
 
 
 def predict(server: Server, rows: int = 1, timeout: float = 30, **headers: str) -> httpx.Response:

@@ -20,7 +20,7 @@ ALL = [m for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Hist
 
 
 def test_every_metric_is_named_by_convention():
-    assert len(ALL) == 18
+    assert len(ALL) == 19
     for metric in ALL:
         assert metric._name.startswith("tabserve_"), metric._name
         assert set(metric._labelnames) <= BOUNDED_LABELS, (metric._name, metric._labelnames)

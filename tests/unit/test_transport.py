@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -118,3 +119,32 @@ def test_a_dead_worker_fails_what_it_held_at_once_and_its_replacement_starts_cle
     failed_after, result = asyncio.run(main())
     assert failed_after < 1.0
     assert result == "after"  # the half message was drained, not misread
+
+
+def test_a_replaced_http_process_sees_neither_its_predecessors_answers_nor_its_half_written_request():
+    """What the monitor does when an HTTP process dies (service/transport.py `Wiring`): bump its epoch; the worker
+    discards the fragment, the replacement discards the answers meant for its predecessor, then they talk."""
+    wiring = Wiring(1, 1)
+    link = wiring.links[0][0]
+    worker = start_worker(wiring)
+    try:
+        deadline = time.monotonic() + 30
+        while not wiring.pids[0]:
+            assert time.monotonic() < deadline, "the worker never announced itself"
+            time.sleep(0.01)
+        link.requests_writer.send_bytes(pickle.dumps((0, "for the dead")))  # slot 0: the replacement's first slot
+        assert link.answers_reader.poll(10)  # answered, and never read: its reader is dead
+        half = frame("cut short by the death")
+        os.write(link.requests_writer.fileno(), half[:9])
+        wiring.epochs[0] += 1  # the replacement starts
+
+        async def replacement():
+            dispatcher = Dispatcher(wiring, 0)
+            await until(lambda: dispatcher.live())
+            connection = dispatcher.least_loaded()
+            slot, answer = connection.send("fresh", rows=1, nbytes=1)
+            return slot, await asyncio.wait_for(answer, 10)
+
+        assert asyncio.run(replacement()) == (0, "fresh")
+    finally:
+        worker.kill()
