@@ -1,9 +1,10 @@
 """Turn a simple-API body (`{"instances": [...]}`) into a float32 matrix, or say exactly what is wrong with it.
 
 Rows come positional (`[[5.1, 3.5, ...], ...]`, manifest feature order) or named (`[{"sepal length (cm)": 5.1,
-...}, ...]`, any order). A fast path hands clean numeric bodies straight to numpy; anything it cannot vouch
-for goes through a slow, exact scan whose only job is a precise message: which row, which feature, what
-was expected, what came.
+...}, ...]`, any order). Two fast paths take clean numeric bodies: large ones go from JSON text to one flat
+buffer of numbers in C (simdjson), never becoming Python objects; small ones go through orjson and numpy.
+Anything a fast path cannot vouch for goes through a slow, exact scan whose only job is a precise message:
+which row, which feature, what was expected, what came.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, describe
 
@@ -23,6 +25,15 @@ NUMERIC_BYTES = b"0123456789.eE+-[],: \t\r\n"
 BARE_KEY = b'{"instances"}'.translate(None, NUMERIC_BYTES)
 """What is left of a body of numbers once every byte a number, a list or whitespace can use is deleted (one pass
 in C, where looking for quotes, `true`, `false` and `null` one by one took four)."""
+
+BULK_BYTES = 4 * 1024
+"""Bodies from this size take the simdjson path. Below it both paths cost the same (12 µs for one iris row); on
+1000 rows of 64 features (570 KB) it took 2.4 ms where orjson and numpy took 4.6, on 10 rows 73 µs against 93."""
+NOT_BRACKETS = NUMERIC_BYTES.translate(None, b"[]")
+SKELETON_HEAD, SKELETON_TAIL = b'{"instances":[', b"]}"
+SKELETON_HEAD = SKELETON_HEAD.translate(None, NOT_BRACKETS)
+"""A body of rows of numbers, with every byte but the key's and the brackets deleted, is this head, `[]` per row
+and this tail."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
     """The body's rows as float32 [rows, n_features]; raises a `ServiceError` naming the first problem.
 
     `payload`: the body already parsed (by a caller that read other fields from it), else it is parsed here."""
+    if payload is None and len(body) >= BULK_BYTES and (array := _bulk_numbers(body, spec)) is not None:
+        return array
     payload = parse_json(body) if payload is None else payload
     rows = _instances_field(payload, spec)
     if isinstance(rows[0], dict):
@@ -67,6 +80,36 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
         if array is not None:
             return array
     return _positional(rows, spec)
+
+
+def _bulk_numbers(body: bytes, spec: InputSpec) -> np.ndarray | None:
+    """Rows of numbers as float32 without a Python object per value, or None for anything else (the other paths
+    then take it, and say what is wrong if anything is).
+
+    The shape is proven from the bytes first, in C: the body has no strings but the key, and its brackets are
+    exactly `[` + `[]` per row + `]` (lists nest no deeper than rows); splitting at each row's `]`, the first
+    piece holds n-1 commas and every other one n (the comma before the row, and those between its values).
+    simdjson then validates the JSON, counts the elements of `instances` (as many as the lists: so every one is
+    a list, and each holds n values) and writes all values into one float64 buffer.
+    """
+    skeleton = body.translate(None, NOT_BRACKETS)
+    rows = (len(skeleton) - len(SKELETON_HEAD) - len(SKELETON_TAIL)) // 2
+    if not 0 < rows <= spec.max_rows or skeleton != SKELETON_HEAD + b"[]" * rows + SKELETON_TAIL:
+        return None
+    n = spec.n_features
+    commas = list(map(bytes.count, body.split(b"]", rows)[:rows], itertools.repeat(b",")))
+    if commas[0] != n - 1 or commas.count(n) != rows - 1:
+        return None
+    try:  # a fresh parser: nothing shared between threads, no buffer kept at the size of the largest body
+        listed = simdjson.Parser().parse(body)["instances"]
+        count, values = len(listed), np.frombuffer(listed.as_buffer(of_type="d"), np.float64)
+    except Exception:  # malformed JSON, or a number beyond float64: the exact path says which
+        return None
+    if count != rows or values.size != rows * n:  # a number between rows; with n = 1, an empty row: `[[], [5]]`
+        return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        array = values.astype(np.float32).reshape(rows, n)
+    return array if np.isfinite(array).all() else None
 
 
 def _numbers(rows: list, n: int) -> np.ndarray | None:

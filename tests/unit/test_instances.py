@@ -2,11 +2,21 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from service import instances
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge
 from service.instances import InputSpec, decode_instances
 
 SPEC = InputSpec(features=("a", "b", "c"), max_rows=5)
+
+
+@pytest.fixture(autouse=True, params=["bulk", "small"])
+def path(request, monkeypatch):
+    """Every test runs twice: with the simdjson path taking every body, and with no body large enough for it."""
+    monkeypatch.setattr(instances, "BULK_BYTES", 0 if request.param == "bulk" else 1 << 62)
+    return request.param
 
 
 def decode(body):
@@ -43,6 +53,13 @@ def test_named_rows_are_put_in_feature_order():
         ({"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}, InvalidInput, "unknown_feature", "unknown features ['d']"),
         ({"instances": [{"a": 1, "b": "x", "c": 3}]}, InvalidInput, "non_numeric", "instances[0]['b']"),
         ({"instances": [7]}, InvalidInput, "wrong_type", "instances[0]: expected a list of 3 numbers"),
+        ({"instances": [[1, [2], 3]]}, InvalidInput, "non_numeric", "instances[0][1] (feature 'b')"),
+        ({"instances": [[1, 2, 3, 4], [5, 6]]}, InvalidInput, "feature_count", "instances[0]: expected 3 features"),
+        ({"instances": [[1, 2, 3], 4, [5, 6]]}, InvalidInput, "wrong_type", "instances[1]: expected a list"),
+        (b'{"instances": [[1, 2, 3]], "instances": [[4]]}', InvalidInput, "feature_count", "got 1"),  # the last wins
+        (b'{"instances": [[1, 2, 3]]', BadRequest, "malformed_json", "malformed JSON"),
+        (b'{"instances": [[1, 2, 03]]}', BadRequest, "malformed_json", "malformed JSON"),
+        (b'{"instances": [[1, 2, 1e400]]}', BadRequest, "non_finite", "NaN and Infinity"),
     ],
 )
 def test_every_problem_is_named(body, error, reason, fragment):
@@ -50,3 +67,31 @@ def test_every_problem_is_named(body, error, reason, fragment):
         decode(body)
     assert raised.value.reason == reason and fragment in raised.value.message
     assert raised.value.body()["error"] == raised.value.message
+
+
+def test_a_large_body_of_numbers_keeps_every_value(path):
+    rows = np.random.default_rng(0).normal(size=(5, 3)).round(6).tolist()
+    spec = InputSpec(features=("a", "b", "c"), max_rows=5)
+    body = json.dumps({"instances": rows}, indent=2).encode()  # whitespace and newlines between everything
+    assert np.array_equal(decode_instances(body, spec), np.array(rows, dtype=np.float32))
+    assert instances._bulk_numbers(body, spec) is not None  # the bulk path does take it
+
+
+NUMBERS = st.one_of(st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False, width=64))
+VALUES = st.recursive(NUMBERS, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+"""Numbers and lists of them nested at any depth: every shape a body of numbers can take, right or wrong."""
+ROWS = st.lists(st.lists(NUMBERS, min_size=2, max_size=4), min_size=1, max_size=5)
+"""Rows of numbers, many of them the right length."""
+ALMOST_ROWS = st.lists(st.one_of(NUMBERS, st.lists(st.one_of(NUMBERS, st.lists(NUMBERS, max_size=2)), max_size=4)))
+"""Rows with numbers between them, or a list inside: the shapes whose commas and brackets come closest."""
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.one_of(ROWS, ALMOST_ROWS, st.lists(VALUES, max_size=6)), spaced=st.booleans())
+def test_whatever_the_bulk_path_accepts_the_exact_path_decodes_the_same(rows, spaced):
+    """Any nesting, raggedness, numbers between rows or values: the simdjson path takes a body only when it is
+    right, and then reads the same numbers (declining costs nothing: the other paths take the body)."""
+    body = json.dumps({"instances": rows}, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    bulk = instances._bulk_numbers(body, SPEC)
+    if bulk is not None:
+        assert bulk.tolist() == decode_instances(body, SPEC, payload=json.loads(body)).tolist()
