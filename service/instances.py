@@ -29,11 +29,11 @@ in C, where looking for quotes, `true`, `false` and `null` one by one took four)
 BULK_BYTES = 4 * 1024
 """Bodies from this size take the simdjson path. Below it both paths cost the same (12 µs for one iris row); on
 1000 rows of 64 features (570 KB) it took 2.4 ms where orjson and numpy took 4.6, on 10 rows 73 µs against 93."""
-NOT_BRACKETS = NUMERIC_BYTES.translate(None, b"[]")
-SKELETON_HEAD, SKELETON_TAIL = b'{"instances":[', b"]}"
-SKELETON_HEAD = SKELETON_HEAD.translate(None, NOT_BRACKETS)
-"""A body of rows of numbers, with every byte but the key's and the brackets deleted, is this head, `[]` per row
-and this tail."""
+NOT_STRUCTURE = NUMERIC_BYTES.translate(None, b"[],")
+SKELETON_HEAD = b'{"instances":['.translate(None, NOT_STRUCTURE)
+SKELETON_TAIL = b"]}"
+"""A body of rows of numbers, with every byte but the key's, the brackets and the commas deleted, is this head,
+`[` + n-1 commas + `]` per row (with a comma between rows) and this tail."""
 
 
 @dataclass(frozen=True)
@@ -86,26 +86,23 @@ def _bulk_numbers(body: bytes, spec: InputSpec) -> np.ndarray | None:
     """Rows of numbers as float32 without a Python object per value, or None for anything else (the other paths
     then take it, and say what is wrong if anything is).
 
-    The shape is proven from the bytes first, in C: the body has no strings but the key, and its brackets are
-    exactly `[` + `[]` per row + `]` (lists nest no deeper than rows); splitting at each row's `]`, the first
-    piece holds n-1 commas and every other one n (the comma before the row, and those between its values).
-    simdjson then validates the JSON, counts the elements of `instances` (as many as the lists: so every one is
-    a list, and each holds n values) and writes all values into one float64 buffer.
+    The shape is proven from the bytes first, in one pass in C: deleting every byte but the key's, the brackets
+    and the commas must leave the skeleton of `rows` lists of n values, no more, no less (so no list nests
+    deeper, none is longer or shorter, and no number stands between them; with n = 1 an empty row leaves the
+    same skeleton, and the count of values catches it). simdjson then validates the JSON and writes all values
+    into one float64 buffer.
     """
-    skeleton = body.translate(None, NOT_BRACKETS)
-    rows = (len(skeleton) - len(SKELETON_HEAD) - len(SKELETON_TAIL)) // 2
-    if not 0 < rows <= spec.max_rows or skeleton != SKELETON_HEAD + b"[]" * rows + SKELETON_TAIL:
-        return None
     n = spec.n_features
-    commas = list(map(bytes.count, body.split(b"]", rows)[:rows], itertools.repeat(b",")))
-    if commas[0] != n - 1 or commas.count(n) != rows - 1:
+    skeleton = body.translate(None, NOT_STRUCTURE)
+    rows = (len(skeleton) - len(SKELETON_HEAD) - len(SKELETON_TAIL) + 1) // (n + 2)
+    row = b"[" + b"," * (n - 1) + b"]"
+    if not 0 < rows <= spec.max_rows or skeleton != SKELETON_HEAD + b",".join([row] * rows) + SKELETON_TAIL:
         return None
     try:  # a fresh parser: nothing shared between threads, no buffer kept at the size of the largest body
-        listed = simdjson.Parser().parse(body)["instances"]
-        count, values = len(listed), np.frombuffer(listed.as_buffer(of_type="d"), np.float64)
+        values = np.frombuffer(simdjson.Parser().parse(body)["instances"].as_buffer(of_type="d"), np.float64)
     except Exception:  # malformed JSON, or a number beyond float64: the exact path says which
         return None
-    if count != rows or values.size != rows * n:  # a number between rows; with n = 1, an empty row: `[[], [5]]`
+    if values.size != rows * n:  # with n = 1, an empty row: `[[], [5]]`
         return None
     with np.errstate(over="ignore"):  # beyond float32: inf, refused below
         array = values.astype(np.float32).reshape(rows, n)

@@ -77,6 +77,13 @@ def test_a_large_body_of_numbers_keeps_every_value(path):
     assert instances._bulk_numbers(body, spec) is not None  # the bulk path does take it
 
 
+def test_an_empty_row_is_refused_when_rows_hold_one_value():
+    """With one feature, `[]` and `[5]` leave the same skeleton of brackets and commas: the count tells them apart."""
+    with pytest.raises(InvalidInput) as raised:
+        decode_instances(b'{"instances": [[], [5]]}', InputSpec(features=("a",), max_rows=5))
+    assert raised.value.reason == "feature_count" and "instances[0]: expected 1 features, got 0" in raised.value.message
+
+
 NUMBERS = st.one_of(st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False, width=64))
 VALUES = st.recursive(NUMBERS, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
 """Numbers and lists of them nested at any depth: every shape a body of numbers can take, right or wrong."""
