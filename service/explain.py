@@ -78,6 +78,12 @@ def require_explanation(model: str, version: int, manifest: Manifest) -> None:
         )
 
 
+def work_rows(rows: int, target: int | None, manifest: Manifest) -> int:
+    """Rows of model work in an explain request, for the queue bounds and the drain rate: each of its rows runs
+    the graph over `steps` path points per class explained (a forward and a backward pass each)."""
+    return rows * manifest.explanation.steps * (1 if target is None else 2)
+
+
 def packed_rows(features: np.ndarray, target: int | None) -> np.ndarray:
     """The rows the worker runs for one job: each row for its predicted class, then again for the requested
     class; the target rides as a last column, so batching splits and joins explain rows like any others."""

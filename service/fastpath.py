@@ -38,7 +38,7 @@ from service.errors import (
     UnsupportedMediaType,
     WorkerUnavailable,
 )
-from service.explain import require_explanation
+from service.explain import require_explanation, work_rows
 from service.inline import InlineLane
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
@@ -176,8 +176,11 @@ class Gateway:
         now = time.monotonic()
         if now > job.deadline:
             raise deadlines.expired(job.arrival, job.deadline, now)
-        connection = self.admission.worker_for(job.rows, job.nbytes)
-        slot, future = connection.send(job, job.rows, job.nbytes)
+        rows = job.rows
+        if job.kind == "explain" and job.features is not None:  # undecoded bodies count in bytes instead
+            rows = work_rows(rows, job.target, self.registry.get(job.model, job.version).manifest)
+        connection = self.admission.worker_for(rows, job.nbytes)
+        slot, future = connection.send(job, rows, job.nbytes)
         loop = asyncio.get_running_loop()
         hung = WorkerUnavailable("no answer from the inference worker in time")  # a 503, never a 500
         timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, hung)

@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 
+from bundle.manifest import Manifest
 from tests.metrics_text import Scrape
 from tests.serving import Server, free_port
 
@@ -90,6 +91,21 @@ def test_past_the_row_bound_requests_are_refused_at_once_with_retry_after(single
     assert result[0].status_code == 200 and fits[1][0].status_code == 200
     assert predict(single, 5).status_code == 200  # an idle worker takes the whole bound
     assert Scrape.of(single.url).sum("tabserve_requests_dropped_total", reason="overloaded") == 1
+
+
+def test_an_explained_row_counts_as_the_path_points_it_runs(single, repo):
+    """One explained row is `steps` rows of model work: with it queued, one more row passes the bound of 5."""
+    steps = Manifest.read(repo / "iris" / "2").explanation.steps  # v2 answers by default (v3 is broken)
+    worker = worker_pids(single)[0]
+    with stopped(worker):
+        held, result = in_background(
+            httpx.post, single.url + "/v1/models/iris:explain", json={"instances": [ROW]}, timeout=30
+        )
+        wait_for(lambda: Scrape.of(single.url).sum("tabserve_requests_in_flight") == 1)
+        refused = predict(single)
+    held.join(10)
+    assert result[0].status_code == 200 and result[0].json()["explanations"]
+    assert refused.status_code == 503 and f"{steps} rows are queued" in refused.json()["error"]
 
 
 def test_bodies_are_refused_from_their_headers_when_the_byte_bound_is_held(single):
