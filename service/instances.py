@@ -68,7 +68,7 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
     """The body's rows as float32 [rows, n_features]; raises a `ServiceError` naming the first problem.
 
     `payload`: the body already parsed (by a caller that read other fields from it), else it is parsed here."""
-    if payload is None and len(body) >= BULK_BYTES and (array := _bulk_numbers(body, spec)) is not None:
+    if payload is None and len(body) >= BULK_BYTES and (array := bulk_numbers(body, spec)) is not None:
         return array
     payload = parse_json(body) if payload is None else payload
     rows = _instances_field(payload, spec)
@@ -82,7 +82,7 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
     return _positional(rows, spec)
 
 
-def _bulk_numbers(body: bytes, spec: InputSpec) -> np.ndarray | None:
+def bulk_numbers(body: bytes, spec: InputSpec) -> np.ndarray | None:
     """Rows of numbers as float32 without a Python object per value, or None for anything else (the other paths
     then take it, and say what is wrong if anything is).
 
