@@ -8,11 +8,13 @@ Each HTTP process has its own `Link` to each worker: a request pipe, a response 
 what lets the server survive a worker killed at any instant: a lock held by a dead process is never released,
 and a message half-read from a shared pipe corrupts the stream for every other reader. Here a dead worker's
 pipes belong to it alone: the HTTP process fails what that worker held (service/dispatch.py), and the worker's
-replacement empties its request pipes before it announces itself in `Wiring.pids`.
+replacement empties its request pipes before it announces itself in `Wiring.pids`. A dead HTTP process's
+replacement takes over its links the same way, by epoch (`Wiring`).
 
 Messages use `multiprocessing.Connection`'s framing (a 4-byte big-endian length, or -1 and 8 bytes for messages
-over 2 GiB): workers use plain blocking `Connection` calls, the HTTP process reads and writes the same frames
-without ever blocking its event loop (`FrameReader`, service/dispatch.py).
+over 2 GiB). Workers write answers with plain blocking `Connection` calls and read requests without blocking
+(`WorkerPort`); the HTTP process reads and writes the same frames without ever blocking its event loop
+(`FrameReader`, service/dispatch.py).
 
 Depends on LitServe 0.2.19's private `_init_manager`, `litapi_request_queues`, `_transport`,
 `_start_worker_monitoring`, `launch_single_inference_worker`, `_start_server`, `_Server`, `_prepare_app_run`
