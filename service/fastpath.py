@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from service import auth, deadlines, metrics, oip
+from service import auth, bulk_json, deadlines, metrics, oip
 from service.admission import Admission
 from service.batching import Job, decode_job
 from service.dispatch import Dispatcher
@@ -40,7 +40,6 @@ from service.errors import (
 )
 from service.explain import require_explanation, work_rows
 from service.inline import InlineLane
-from service.instances import bulk_numbers
 from service.registry import ModelVersion, Registry
 from service.reload import Reloader
 from service.settings import Settings
@@ -68,7 +67,7 @@ workers' inference); larger ones by the worker, so the loop never stops for long
 parsing holds the GIL, and a loop starved of it stalled health probes for seconds (make stress)."""
 BULK_INLINE_BYTES = 2 * 1024 * 1024
 """Simple-API bodies of rows of numbers up to this size are decoded here too: simdjson reads 2 MiB of them in
-about the time orjson took for 512 KiB (service/instances.py `bulk_numbers`), and the worker is left the model."""
+about the time orjson took for 512 KiB (service/bulk_json.py), and the worker is left the model."""
 
 WORKER_LOOK_SECONDS = 0.25
 WATCH_AFTER = 0.02
@@ -357,7 +356,7 @@ class FastPath:
         elif (
             kind == "predict"
             and len(body) <= BULK_INLINE_BYTES
-            and (rows := bulk_numbers(body, model.spec)) is not None
+            and (rows := bulk_json.numbers(body, model.spec)) is not None
         ):
             job = job._replace(features=rows, body=None)  # anything else of this size: the worker decodes it
         return await gateway.submit(job, _disconnected(receive))

@@ -2,7 +2,8 @@
 
 Rows come positional (`[[5.1, 3.5, ...], ...]`, manifest feature order) or named (`[{"sepal length (cm)": 5.1,
 ...}, ...]`, any order). Two fast paths take clean numeric bodies: large ones go from JSON text to one flat
-buffer of numbers in C (simdjson), never becoming Python objects; small ones go through orjson and numpy.
+buffer of numbers in C (service/bulk_json.py), never becoming Python objects; small ones go through orjson and
+numpy.
 Anything a fast path cannot vouch for goes through a slow, exact scan whose only job is a precise message:
 which row, which feature, what was expected, what came.
 """
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-import simdjson
 
+from service import bulk_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, describe
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -25,15 +26,6 @@ NUMERIC_BYTES = b"0123456789.eE+-[],: \t\r\n"
 BARE_KEY = b'{"instances"}'.translate(None, NUMERIC_BYTES)
 """What is left of a body of numbers once every byte a number, a list or whitespace can use is deleted (one pass
 in C, where looking for quotes, `true`, `false` and `null` one by one took four)."""
-
-BULK_BYTES = 4 * 1024
-"""Bodies from this size take the simdjson path. Below it both paths cost the same (12 µs for one iris row); on
-1000 rows of 64 features (570 KB) it took 2.4 ms where orjson and numpy took 4.6, on 10 rows 73 µs against 93."""
-NOT_STRUCTURE = NUMERIC_BYTES.translate(None, b"[],")
-SKELETON_HEAD = b'{"instances":['.translate(None, NOT_STRUCTURE)
-SKELETON_TAIL = b"]}"
-"""A body of rows of numbers, with every byte but the key's, the brackets and the commas deleted, is this head,
-`[` + n-1 commas + `]` per row (with a comma between rows) and this tail."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +60,7 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
     """The body's rows as float32 [rows, n_features]; raises a `ServiceError` naming the first problem.
 
     `payload`: the body already parsed (by a caller that read other fields from it), else it is parsed here."""
-    if payload is None and len(body) >= BULK_BYTES and (array := bulk_numbers(body, spec)) is not None:
+    if payload is None and len(body) >= bulk_json.BULK_BYTES and (array := bulk_json.numbers(body, spec)) is not None:
         return array
     payload = parse_json(body) if payload is None else payload
     rows = _instances_field(payload, spec)
@@ -80,33 +72,6 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
         if array is not None:
             return array
     return _positional(rows, spec)
-
-
-def bulk_numbers(body: bytes, spec: InputSpec) -> np.ndarray | None:
-    """Rows of numbers as float32 without a Python object per value, or None for anything else (the other paths
-    then take it, and say what is wrong if anything is).
-
-    The shape is proven from the bytes first, in one pass in C: deleting every byte but the key's, the brackets
-    and the commas must leave the skeleton of `rows` lists of n values, no more, no less (so no list nests
-    deeper, none is longer or shorter, and no number stands between them; with n = 1 an empty row leaves the
-    same skeleton, and the count of values catches it). simdjson then validates the JSON and writes all values
-    into one float64 buffer.
-    """
-    n = spec.n_features
-    skeleton = body.translate(None, NOT_STRUCTURE)
-    rows = (len(skeleton) - len(SKELETON_HEAD) - len(SKELETON_TAIL) + 1) // (n + 2)
-    row = b"[" + b"," * (n - 1) + b"]"
-    if not 0 < rows <= spec.max_rows or skeleton != SKELETON_HEAD + b",".join([row] * rows) + SKELETON_TAIL:
-        return None
-    try:  # a fresh parser: nothing shared between threads, no buffer kept at the size of the largest body
-        values = np.frombuffer(simdjson.Parser().parse(body)["instances"].as_buffer(of_type="d"), np.float64)
-    except Exception:  # malformed JSON, or a number beyond float64: the exact path says which
-        return None
-    if values.size != rows * n:  # with n = 1, an empty row: `[[], [5]]`
-        return None
-    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
-        array = values.astype(np.float32).reshape(rows, n)
-    return array if np.isfinite(array).all() else None
 
 
 def _numbers(rows: list, n: int) -> np.ndarray | None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service import bulk_json
 from service.errors import BadRequest, PayloadTooLarge, describe
 from service.instances import InputSpec, parse_json
 
@@ -67,7 +68,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 def decode_infer(body: bytes, header_length: str | None, spec: InputSpec) -> InferRequest:
     header, binary = split_body(body, header_length)
-    request = parse_json(header)
+    request = bulk_json.infer_request(header) if len(header) >= bulk_json.BULK_BYTES else None
+    if request is None:
+        request = parse_json(header)
     if not isinstance(request, dict):
         raise _bad(f"expected a JSON object with 'inputs', got {type(request).__name__}", "wrong_type")
     inputs = request.get("inputs")
@@ -194,14 +197,19 @@ def from_bytes(data: bytes, count: int, dtype: type, field: str) -> np.ndarray:
 
 
 def _json_tensor(data: Any, count: int) -> np.ndarray:
-    if not isinstance(data, list):
+    if isinstance(data, np.ndarray):  # flat numbers, already read by service/bulk_json.py
+        array = data
+    elif not isinstance(data, list):
         raise _bad(
             "inputs[0]: missing 'data' (or binary_data_size for binary data)", "missing_field", field="inputs[0].data"
         )
-    try:
-        array = np.array(data)
-    except ValueError:
-        raise _bad("inputs[0].data: nested lists of unequal length", "shape_mismatch", field="inputs[0].data") from None
+    else:
+        try:
+            array = np.array(data)
+        except ValueError:
+            raise _bad(
+                "inputs[0].data: nested lists of unequal length", "shape_mismatch", field="inputs[0].data"
+            ) from None
     if array.dtype.kind not in "fiu":
         raise _bad("inputs[0].data: expected numbers only", "non_numeric", field="inputs[0].data", expected="numbers")
     if array.size != count:

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import instances
+from service import bulk_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge
 from service.instances import InputSpec, decode_instances
 
@@ -15,7 +15,7 @@ SPEC = InputSpec(features=("a", "b", "c"), max_rows=5)
 @pytest.fixture(autouse=True, params=["bulk", "small"])
 def path(request, monkeypatch):
     """Every test runs twice: with the simdjson path taking every body, and with no body large enough for it."""
-    monkeypatch.setattr(instances, "BULK_BYTES", 0 if request.param == "bulk" else 1 << 62)
+    monkeypatch.setattr(bulk_json, "BULK_BYTES", 0 if request.param == "bulk" else 1 << 62)
     return request.param
 
 
@@ -74,7 +74,7 @@ def test_a_large_body_of_numbers_keeps_every_value(path):
     spec = InputSpec(features=("a", "b", "c"), max_rows=5)
     body = json.dumps({"instances": rows}, indent=2).encode()  # whitespace and newlines between everything
     assert np.array_equal(decode_instances(body, spec), np.array(rows, dtype=np.float32))
-    assert instances.bulk_numbers(body, spec) is not None  # the bulk path does take it
+    assert bulk_json.numbers(body, spec) is not None  # the bulk path does take it
 
 
 def test_an_empty_row_is_refused_when_rows_hold_one_value():
@@ -99,6 +99,6 @@ def test_whatever_the_bulk_path_accepts_the_exact_path_decodes_the_same(rows, sp
     """Any nesting, raggedness, numbers between rows or values: the simdjson path takes a body only when it is
     right, and then reads the same numbers (declining costs nothing: the other paths take the body)."""
     body = json.dumps({"instances": rows}, separators=(", ", ": ") if spaced else (",", ":")).encode()
-    bulk = instances.bulk_numbers(body, SPEC)
+    bulk = bulk_json.numbers(body, SPEC)
     if bulk is not None:
         assert bulk.tolist() == decode_instances(body, SPEC, payload=json.loads(body)).tolist()

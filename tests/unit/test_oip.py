@@ -1,15 +1,25 @@
 import json
 import struct
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from service import oip
-from service.errors import BadRequest, PayloadTooLarge
+from service import bulk_json, oip
+from service.errors import BadRequest, PayloadTooLarge, ServiceError
 from service.instances import InputSpec
 
 SPEC = InputSpec(features=("a", "b"), max_rows=4)
 X = np.array([[1.5, -2], [3, 4]], dtype=np.float32)
+
+
+@pytest.fixture(autouse=True, params=["bulk", "small"])
+def path(request, monkeypatch):
+    """Every test runs twice: with the simdjson path taking every header, and with no header large enough for it."""
+    monkeypatch.setattr(bulk_json, "BULK_BYTES", 0 if request.param == "bulk" else 1 << 62)
+    return request.param
 
 
 def tensor(**overrides):
@@ -81,3 +91,57 @@ def test_encode_json_and_binary_outputs():
     raw = body[header_length:]
     assert label["parameters"]["binary_data_size"] == len(raw)
     assert raw == struct.pack("<I", 3) + b"yes" + struct.pack("<I", 3) + "né".encode()
+
+
+def outcome(header: bytes):
+    """What decoding makes of a header: the request's fields, or the error's type and message."""
+    try:
+        request = oip.decode_infer(header, None, SPEC)
+    except ServiceError as e:
+        return type(e), e.message
+    return request.features.tolist(), request.id, request.outputs, request.timeout_us
+
+
+def both_paths(header: bytes) -> tuple:
+    with mock.patch.object(bulk_json, "BULK_BYTES", 0):
+        bulk = outcome(header)
+    with mock.patch.object(bulk_json, "BULK_BYTES", 1 << 62):
+        return bulk, outcome(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}], "id": "a", '
+        b'"id": "b"}',  # orjson: the last "id" wins
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4], '
+        b'"data": [5, 6, 7, 8]}]}',
+        b'{"id": "\\u005b", "inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[5], 6, 7, '
+        b"8]}]}",  # the escape writes back a "[" the header does not count: as many as the nested list adds
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 1e400]}]}',
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, true, 3, 4]}]}',
+    ],
+)
+def test_duplicate_keys_escapes_and_odd_values_read_the_same_on_both_paths(header):
+    bulk, exact = both_paths(header)
+    assert bulk == exact
+
+
+NUMBER = st.one_of(st.integers(-(2**31), 2**31), st.floats(allow_nan=False, allow_infinity=False))
+VALUE = st.one_of(NUMBER, st.booleans(), st.none(), st.text(max_size=2))
+DATA = st.one_of(
+    st.lists(NUMBER, min_size=3, max_size=5),
+    st.lists(st.lists(NUMBER, min_size=1, max_size=3), max_size=3),
+    st.lists(st.one_of(NUMBER, st.lists(NUMBER, max_size=2)), max_size=5),
+    st.lists(VALUE, max_size=5),
+    VALUE,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=DATA, request_id=st.one_of(st.none(), st.text(max_size=4)), shape=st.sampled_from([[2, 2], [1, 2], [4]]))
+def test_the_bulk_path_reads_any_infer_request_as_the_exact_path_does(data, request_id, shape):
+    """Flat, nested, ragged, mixed or wrong data, ids with brackets: both paths give the same request or error."""
+    request = {"inputs": [tensor(data=data, shape=shape)], **({"id": request_id} if request_id is not None else {})}
+    bulk, exact = both_paths(json.dumps(request).encode())
+    assert bulk == exact
