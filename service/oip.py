@@ -158,7 +158,8 @@ def check_input(name: Any, datatype: Any, shape: Any, spec: InputSpec) -> int:
 
 def as_features(array: np.ndarray, rows: int, spec: InputSpec) -> np.ndarray:
     """The decoded values as float32 [rows, n_features], refused if any is not finite."""
-    array = array.reshape(rows, spec.n_features).astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+        array = array.reshape(rows, spec.n_features).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         row, column = map(int, np.argwhere(~np.isfinite(array))[0])
         raise _bad(

@@ -2,6 +2,7 @@
 unmodified, against a real server; and a KServe-style typed request through the raw generated stub."""
 
 import asyncio
+import os
 import shutil
 import signal
 
@@ -211,6 +212,20 @@ def test_past_the_queue_bound_calls_are_unavailable_with_retry_after(limited):
     assert dict(error.value.trailing_metadata())["retry-after"].isdigit()
     wait_for(lambda: answers)
     assert answers[0][1] is None  # the call held while the worker was stopped was answered once it ran
+
+
+def test_a_call_held_by_a_worker_that_dies_is_unavailable_at_once_and_the_replacement_serves(limited):
+    client = tgrpc.InferenceServerClient(limited.grpc_address)
+    victim, answers = worker_pids(limited)[0], []
+    with stopped(victim):
+        client.async_infer("iris", [features(X)], lambda result, error: answers.append((result, error)), headers=KEY)
+        wait_for(lambda: Scrape.of(limited.url, headers=KEY).sum("tabserve_requests_in_flight") == 1)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: answers, timeout=5)  # not the client's deadline: the HTTP process sees the death at once
+    result, error = answers[0]
+    assert result is None and error.status() == "StatusCode.UNAVAILABLE" and "worker died" in error.message()
+    wait_for(lambda: worker_pids(limited)[0] != victim)
+    assert client.infer("iris", [features(X)], headers=KEY, client_timeout=30).as_numpy("label").shape == (3,)
 
 
 def refuses_new_calls(server: Server) -> bool:
