@@ -85,8 +85,9 @@ class Admission:
         worker = self.dispatcher.least_loaded()
         if worker.rows and worker.rows + rows > self.max_queue_rows:
             raise self.overloaded(
-                f"{worker.rows} rows are queued at the least busy inference worker; this request's {rows} "
-                f"would pass the bound of {self.max_queue_rows} (TABSERVE_MAX_QUEUE_ROWS)"
+                f"{worker.rows} rows of work are queued at the least busy inference worker; this request's {rows} "
+                f"would pass the bound of {self.max_queue_rows} (TABSERVE_MAX_QUEUE_ROWS; an explained row is one "
+                f"row of work per path point)"
             )
         if worker.nbytes and worker.nbytes + nbytes > self.max_queue_bytes:
             raise self.overloaded(

@@ -105,7 +105,7 @@ def test_an_explained_row_counts_as_the_path_points_it_runs(single, repo):
         refused = predict(single)
     held.join(10)
     assert result[0].status_code == 200 and result[0].json()["explanations"]
-    assert refused.status_code == 503 and f"{steps} rows are queued" in refused.json()["error"]
+    assert refused.status_code == 503 and f"{steps} rows of work are queued" in refused.json()["error"]
 
 
 def test_bodies_are_refused_from_their_headers_when_the_byte_bound_is_held(single):
