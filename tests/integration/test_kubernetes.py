@@ -32,7 +32,20 @@ from tests.serving import Server, free_port
 
 K8S = ROOT / "deploy" / "k8s"
 KUSTOMIZATIONS = sorted(path.parent.relative_to(K8S).as_posix() for path in K8S.rglob("kustomization.yaml"))
-SCHEMAS = ROOT.parent / "shared" / "k8s-schemas"  # CI checks shared/ out beside the repository
+
+
+def _schemas() -> Path:
+    """The shared CRD schemas: `shared/` beside this checkout (as CI checks it out), else beside the repository this
+    one was cloned from (a throw-away clone in /tmp), else TABSERVE_K8S_SCHEMAS."""
+    if os.environ.get("TABSERVE_K8S_SCHEMAS"):
+        return Path(os.environ["TABSERVE_K8S_SCHEMAS"])
+    here = ROOT.parent / "shared" / "k8s-schemas"
+    origin = subprocess.run(["git", "-C", str(ROOT), "config", "remote.origin.url"], capture_output=True, text=True)
+    cloned_from = Path(origin.stdout.strip()).parent / "shared" / "k8s-schemas" if origin.stdout.strip() else here
+    return here if here.is_dir() or not cloned_from.is_dir() else cloned_from
+
+
+SCHEMAS = _schemas()
 CUSTOM_RESOURCES = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.serving.kserve.io.v1beta1.json",
     ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "clusterservingruntime.serving.kserve.io.v1alpha1.json",
