@@ -241,15 +241,16 @@ class FastPath:
         self.app = app
         self.gateway = gateway
         self.health_port = gateway.settings.health_port
-        self.ids = request_ids()
-        # Built when the forked HTTP process serves its first request, after every import and model load.
-        # Move those long-lived objects out of the collector's reach: full collections over FastAPI,
-        # pydantic and LitServe's heap took tens of milliseconds and showed up as p99 latency.
-        gc.freeze()
+        self.ids: Iterator[bytes] = iter(())  # this HTTP process's own, from its start (below)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":  # the HTTP process is starting: its event loop runs from here on
+        if scope["type"] == "lifespan":  # the forked HTTP process is starting: its event loop runs from here on
+            self.ids = request_ids()
             self.gateway.start()
+            # Every import and model load is done: move those long-lived objects out of the collector's reach
+            # (full collections over FastAPI, pydantic and LitServe's heap took tens of milliseconds and showed
+            # up as p99 latency).
+            gc.freeze()
             return await self.app(scope, self._lifespan(receive), send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)

@@ -59,10 +59,9 @@ def build(settings: Settings) -> ls.LitServer:
             raise SystemExit(f"error: {e}") from None
     if settings.health_port:
         server.health_socket = uvicorn.Config(app=None, host=settings.host, port=settings.health_port).bind_socket()
-    # The fast path is the outermost ASGI layer: prediction requests skip Starlette's error and exception
-    # middleware (it catches its own errors); every other request passes through to the full stack.
-    build_stack = server.app.build_middleware_stack
-    server.app.build_middleware_stack = lambda: FastPath(build_stack(), gateway)
+    # The fast path is the outermost ASGI layer: prediction requests skip FastAPI, Starlette and their middleware
+    # (it catches its own errors); every other request passes through to the full app.
+    server.outermost = lambda app: FastPath(app, gateway)
     server.uvicorn_graceful_timeout = GRACEFUL_SECONDS
     gateway.server = server
     routes.register(server.app, gateway)

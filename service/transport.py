@@ -37,6 +37,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from multiprocessing.connection import wait
 from typing import Any
@@ -298,6 +299,10 @@ class PipeLitServer(ls.LitServer):
     health_socket: socket.socket | None = None
     """A second listening socket (settings.health_port), served by the same HTTP processes."""
 
+    outermost: Callable[[Any], Any] = staticmethod(lambda app: app)
+    """Wraps the app uvicorn serves (service/fastpath.py's FastPath), so that its requests skip FastAPI's and
+    Starlette's own `__call__` (FastAPI reads its telemetry settings from the environment on every request)."""
+
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
         """LitServe's, one HTTP process at a time so that the monitor can start a replacement the same way."""
         if uvicorn_worker_type != "process":
@@ -317,7 +322,7 @@ class PipeLitServer(ls.LitServer):
         self.app.response_queue_id = index  # read by the child (service/fastpath.py Gateway.start)
         app = copy.copy(self.app)
         self._prepare_app_run(app)
-        config = uvicorn.Config(app=app, host="0.0.0.0", port=port, log_level=log_level,
+        config = uvicorn.Config(app=self.outermost(app), host="0.0.0.0", port=port, log_level=log_level,
                                 timeout_graceful_shutdown=self.uvicorn_graceful_timeout, **kwargs)  # fmt: skip
         server = _Server(config=config)
         process = mp.get_context("fork").Process(target=server.run, args=(index, sockets), name=f"LitServer-{index}")
