@@ -241,11 +241,10 @@ class FastPath:
         self.app = app
         self.gateway = gateway
         self.health_port = gateway.settings.health_port
-        self.ids: Iterator[bytes] = iter(())  # this HTTP process's own, from its start (below)
+        self.ids = request_ids()  # one FastPath per HTTP process (service/transport.py), each with its own prefix
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":  # the forked HTTP process is starting: its event loop runs from here on
-            self.ids = request_ids()
             self.gateway.start()
             # Every import and model load is done: move those long-lived objects out of the collector's reach
             # (full collections over FastAPI, pydantic and LitServe's heap took tens of milliseconds and showed

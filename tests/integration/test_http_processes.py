@@ -62,6 +62,18 @@ def test_both_processes_serve_and_metrics_stay_exact(server, tmp_path):
     assert scrape.sum("tabserve_requests_in_flight") == 0
 
 
+def test_request_ids_are_unique_across_processes(server):
+    """Each HTTP process draws its own random id prefix: ids never collide in logs gathered from all of them."""
+
+    def request_id(_) -> str:
+        return httpx.post(server.url + "/v1/models/iris/predict", json=ROW, timeout=30).headers["x-request-id"]
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(request_id, range(200)))
+    assert len(set(ids)) == len(ids)
+    assert len({i[:16] for i in ids}) == 2, "both processes answered, each with its own prefix"
+
+
 def test_grpc_is_served_by_both_processes_on_one_port(server):
     """Each HTTP process runs its own gRPC server on the shared port (SO_REUSEPORT): new connections reach both."""
     row = np.array([ROW["instances"][0]], dtype=np.float32)
