@@ -228,6 +228,21 @@ def test_a_call_held_by_a_worker_that_dies_is_unavailable_at_once_and_the_replac
     assert client.infer("iris", [features(X)], headers=KEY, client_timeout=30).as_numpy("label").shape == (3,)
 
 
+def test_with_no_worker_running_new_calls_are_unavailable_until_the_replacement_serves(limited):
+    """The main process (which starts replacements) is stopped, then the only worker killed: until the main
+    process runs again, there is no worker, and a new call is refused at once, not queued."""
+    client = tgrpc.InferenceServerClient(limited.grpc_address)
+    victim = worker_pids(limited)[0]
+    with stopped(limited.process.pid):
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not client.is_server_ready(headers=KEY), timeout=5)  # the HTTP process saw the death
+        status, text = status_of(client.infer, "iris", [features(X)], headers=KEY, client_timeout=5)
+        assert status == "StatusCode.UNAVAILABLE" and "no inference worker is running" in text
+    wait_for(lambda: client.is_server_ready(headers=KEY), timeout=30)
+    assert worker_pids(limited)[0] != victim
+    assert client.infer("iris", [features(X)], headers=KEY, client_timeout=30).as_numpy("label").shape == (3,)
+
+
 def refuses_new_calls(server: Server) -> bool:
     try:
         tgrpc.InferenceServerClient(server.grpc_address).is_server_live(client_timeout=1)
