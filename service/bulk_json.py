@@ -25,10 +25,12 @@ BULK_BYTES = 4 * 1024
 """Bodies from this size try the simdjson path. Below it both paths cost the same (12 µs for one iris row); on
 1000 rows of 64 features (570 kB) it took 1.6-2.0 ms where orjson and numpy took 4.6-5.1, on 10 rows 73 µs
 against 93."""
-REUSE_BYTES = 2 * 1024 * 1024
-"""Bodies up to this size are parsed by their thread's parser, which then holds about 5 MB (measured: 8.6 MB for a
-3.4 MB body). On 1000 rows of 64 digits features (340 kB) parsing and reading the values took 1.1 ms with a
-reused parser and 2.6 ms with a fresh one."""
+REUSE_BYTES = 8 * 1024 * 1024
+"""Bodies up to this size are parsed by their thread's parser, whose buffers then stay at about 2.5 times the
+largest such body (8.6 MB after a 3.4 MB one): at most about 5 MB in an HTTP process, which parses bodies up to
+2 MiB (service/fastpath.py), and 20 MB in a worker, which parses the larger ones. On 1000 rows of 64 digits
+features (340 kB) parsing and reading the values took 1.1 ms with a reused parser and 2.6 ms with a fresh one;
+on 5000 rows of 64 floats (6.2 MB), 10.7 ms and 14.0 ms."""
 _local = threading.local()
 NOT_STRUCTURE = b"0123456789.eE+-: \t\r\n"
 SKELETON_HEAD = b'{"instances":['.translate(None, NOT_STRUCTURE)
