@@ -248,9 +248,10 @@ def _requested_outputs(request: dict) -> tuple[RequestedOutput, ...]:
 
 
 def encode_infer(
-    model: str, version: int, request: InferRequest, probabilities: np.ndarray, labels: list[str]
+    model: str, version: int, request: InferRequest, probabilities: np.ndarray, classes: list[str]
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary outputs follow it (else None)."""
+    """The response body, and the JSON header's length when binary outputs follow it (else None). Labels (the top
+    class of each row) are worked out only when asked for: most bulk clients want the probabilities alone."""
     outputs, chunks = [], []
     for output in request.outputs:
         if output.name == "probabilities":
@@ -258,6 +259,7 @@ def encode_infer(
             raw = np.ascontiguousarray(probabilities, dtype="<f4")
             values: Any = raw
         else:
+            labels = [classes[i] for i in probabilities.argmax(axis=1).tolist()]
             tensor = {"name": "label", "datatype": "BYTES", "shape": [len(labels)]}
             raw = b"".join(struct.pack("<I", len(b)) + b for b in (label.encode() for label in labels))
             values = labels

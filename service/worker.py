@@ -198,8 +198,7 @@ class InferenceAPI(ls.LitAPI):
         if job.kind == "explain":
             body = explain.encode_explanations(manifest, job.version, result, job.target is not None)
             return 200, body, [(b"content-type", JSON)]
-        labels = [classes[i] for i in result.argmax(axis=1).tolist()]
-        body, header_length = oip.encode_infer(job.model, job.version, job.infer, result, labels)
+        body, header_length = oip.encode_infer(job.model, job.version, job.infer, result, classes)
         if header_length is None:
             return 200, body, [(b"content-type", JSON)]
         return (

@@ -83,7 +83,7 @@ def test_encode_json_and_binary_outputs():
     request = decode({"inputs": [tensor()], "id": "r", "outputs": [
         {"name": "label", "parameters": {"binary_data": True}}, {"name": "probabilities"}]})  # fmt: skip
     probabilities = np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)
-    body, header_length = oip.encode_infer("m", 3, request, probabilities, ["yes", "né"])
+    body, header_length = oip.encode_infer("m", 3, request, probabilities, ["né", "yes"])  # top: 1, then 0 (a tie)
     header = json.loads(body[:header_length])
     assert header["id"] == "r" and header["model_version"] == "3"
     label, probs = header["outputs"]
