@@ -10,6 +10,11 @@ with nothing to serve helps nobody). Then:
   model (new versions, policy) and serves it again if it was unloaded, `.../unload` stops serving it.
 - `none`: what was there at start, nothing else.
 
+In `explicit` mode the last load or unload of each model is also written down beside the metrics files (a
+folder the server owns; the record is deleted at start). An HTTP process that crashed is replaced from the main
+process's view at startup, and the replacement repeats those requests before it serves (`restore`): what an
+operator loaded stays loaded, and what they unloaded stays unloaded.
+
 Load and unload take a model name only: a plain name whose folder, symlinks resolved, is directly inside the
 repository. They need the management key when one is set (service/auth.py). The index is read-only and
 stays behind the API key like the other reads.
@@ -17,6 +22,8 @@ stays behind the API key like the other reads.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +31,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 
 from bundle import repository
+from bundle.atomic import write_text_atomic
 from service import auth, metrics, schemas
 from service.errors import BadRequest, Forbidden, ModelNotFound, ModelNotReady, ServiceError, describe
 
@@ -54,6 +62,40 @@ def refusal(settings) -> Forbidden | None:
             reason="model_control_disabled",
         )
     return None
+
+
+STATE_FILE = "model-control.json"
+
+
+def _state_path() -> Path:
+    return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / STATE_FILE
+
+
+def _requested() -> dict[str, str]:
+    """Model name → its last load or unload request since the server started."""
+    try:
+        return json.loads(_state_path().read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _remember(action: str, name: str) -> None:
+    write_text_atomic(_state_path(), json.dumps({**_requested(), name: action}))
+
+
+def forget_requests() -> None:
+    """At startup: every model is loaded anew, whatever an earlier server was asked."""
+    _state_path().unlink(missing_ok=True)
+
+
+async def restore(gateway) -> None:
+    """In a replaced HTTP process (explicit mode): the load and unload requests its predecessor was sent, again.
+    A repeated load reads the model's folder as it is now, as a new load request would."""
+    requested = _requested()
+    for name, action in requested.items():
+        (gateway.registry.unloaded.add if action == "unload" else gateway.registry.unloaded.discard)(name)
+    if requested:
+        await gateway.reloader.reload(set(requested))
 
 
 def check_name(root: Path, name: str, served: Iterable[str] = ()) -> None:
@@ -100,6 +142,7 @@ def register(app: FastAPI, gateway, errors: dict) -> None:
                 registry.unloaded.discard(name)
             else:
                 registry.unloaded.add(name)
+            _remember(action, name)
             await gateway.reloader.reload({name})
             if action == "load":
                 try:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from service import auth, bulk_json, deadlines, metrics, oip
+from service import auth, bulk_json, control, deadlines, metrics, oip
 from service.admission import Admission
 from service.batching import Job, decode_job
 from service.dispatch import Dispatcher
@@ -125,6 +125,13 @@ class Gateway:
             self.inline = InlineLane(settings)
             self.inline.follow(self.reloader.generation)
         self._adopting = asyncio.get_running_loop().create_task(self._adopt_workers(), name="tabserve-adopt-workers")
+
+    async def restore_model_control(self) -> None:
+        """A replacement in `explicit` model control mode repeats the load and unload requests its predecessor was
+        sent (service/control.py), before it serves anything."""
+        replacement = self.server.wiring.epochs[self.dispatcher.http_process] > 0
+        if replacement and self.settings.model_control_mode == "explicit":
+            await control.restore(self)
 
     async def start_grpc(self) -> None:
         """Serve the Open Inference Protocol over gRPC from this HTTP process too (settings.grpc_port).
@@ -288,6 +295,7 @@ class FastPath:
         async def receive_and_act():
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.gateway.restore_model_control()
                 await self.gateway.start_grpc()
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.stop()

@@ -98,6 +98,7 @@ def _stop_on_sigterm() -> None:
 
 def serve(settings: Settings) -> None:
     settings.configure_logging()
+    control.forget_requests()  # a metrics folder given by the user may hold those of an earlier server
     server = build(settings)
     _stop_on_sigterm()
     log.info("serving %s on http://%s:%s", settings.repository, settings.host, settings.port)

@@ -173,3 +173,30 @@ def test_the_only_http_process_is_replaced_and_serves_the_repository_as_it_is_no
         assert process.process.poll() is None
     finally:
         process.stop()  # raises if a process is left behind: the replacement is stopped like the others
+
+
+def test_in_explicit_mode_the_replacement_repeats_the_load_and_unload_requests(iris_repo, trained, tmp_path):
+    """Models loaded (and unloaded) through the repository API since startup stay so when the HTTP process is
+    replaced: the replacement is forked from the startup view, and repeats the requests before it serves. Those
+    an earlier server was sent (its record left in a metrics folder given by the user) are not repeated."""
+    republish(trained[0], iris_repo, "flowers")
+    republish(trained[0], iris_repo, "tulips")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "model-control.json").write_text('{"tulips": "unload"}')
+    process = Server(iris_repo, "--model-control-mode", "explicit", "--workers", "1",
+                     "--metrics-dir", str(tmp_path / "metrics"))  # fmt: skip
+    url = process.url
+    try:
+        republish(trained[0], iris_repo, "iris")  # v2, served once loaded
+        assert httpx.post(url + "/v2/repository/models/iris/load").status_code == 200
+        assert httpx.post(url + "/v2/repository/models/flowers/unload").status_code == 200
+        (pid,) = http_process_pids(process)
+        os.kill(pid, signal.SIGKILL)
+        wait_until_all_answer_200(url)
+        assert predict_on_fresh_connections(url, 16) == [(200, 2)] * 16
+        flowers = httpx.post(url + "/v1/models/flowers/predict", json=ROW, timeout=30)
+        assert flowers.status_code == 503 and "unloaded" in flowers.json()["error"]
+        assert httpx.post(url + "/v1/models/tulips/predict", json=ROW, timeout=30).status_code == 200
+        assert Scrape.of(url).sum("tabserve_http_process_restarts_total") == 1
+    finally:
+        process.stop()
