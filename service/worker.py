@@ -40,7 +40,7 @@ def encode_predictions(model: str, version: int, classes: list[str], probabiliti
     heads, separators = _pieces(tuple(classes))
     rows, n = probabilities.shape
     flat = np.ascontiguousarray(probabilities, dtype=np.float32).reshape(-1)
-    values = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    values = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",") if rows else []
     width = 2 * n + 1  # a row: head + first value, then a separator and a value per other class, then `}},`
     parts = [b"}},"] * (rows * width)
     parts[0::width] = [heads[best] for best in probabilities.argmax(axis=1).tolist()]
@@ -48,7 +48,7 @@ def encode_predictions(model: str, version: int, classes: list[str], probabiliti
         parts[1 + 2 * i :: width] = values[i::n]
         if i:
             parts[2 * i :: width] = [separators[i - 1]] * rows
-    parts[-1] = b"}}"
+    parts[-1:] = [b"}}"] if parts else []
     return b'{"model":%b,"version":%d,"predictions":[%b]}' % (orjson.dumps(model), version, b"".join(parts))
 
 
