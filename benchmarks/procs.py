@@ -129,10 +129,15 @@ def tree_cpu_ticks(root: int) -> dict[int, int]:
     return {pid: stats[pid][4] for pid in members if pid in stats}
 
 
+def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds a process tree used between two `tree_cpu_ticks` readings (processes that ended in between
+    are not counted: their last ticks are gone with them)."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / CLOCK_TICKS
+
+
 def idle_cpu_percent(root: int, seconds: float = 2.0) -> float:
     """Percent of one core the idle server tree burns over `seconds` (a busy-polling loop shows ~100)."""
     before, start = tree_cpu_ticks(root), time.monotonic()
     time.sleep(seconds)
     after, elapsed = tree_cpu_ticks(root), time.monotonic() - start
-    ticks = sum(t - before.get(pid, 0) for pid, t in after.items())
-    return 100.0 * ticks / CLOCK_TICKS / elapsed
+    return 100.0 * cpu_seconds_between(before, after) / elapsed

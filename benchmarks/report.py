@@ -37,6 +37,9 @@ class Row:
     errors: int | None = None
     idle_cpu: float | None = None
     note: str = ""
+    cpu_ms: float | None = None
+    """The server's CPU (every process of it, user + system) per answered request: steadier than rps on a noisy
+    machine, and it says what a request costs rather than how the cores were shared with the load generator."""
 
     @property
     def measured(self) -> bool:
@@ -65,7 +68,7 @@ def _ratio(value: float | None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    header = ["server", "scenario", "rps", "p50 ms", "p99 ms", "rows/s", "errors", "idle cpu %"]
+    header = ["server", "scenario", "rps", "p50 ms", "p99 ms", "rows/s", "errors", "cpu ms/req", "idle cpu %"]
     header += ["rps ×", "p50 ×", "p99 ×", "rows/s ×"]
     lines = []
     for row in rows:
@@ -76,7 +79,7 @@ def table(rows: list[Row]) -> str:
         r = ratios(row, rows)
         errors = "-" if row.errors is None else (f"{row.errors} !" if row.errors else "0")
         cells = [row.server, row.scenario + (f" ({row.note})" if row.note else "")]
-        cells += [num(row.rps), num(row.p50_ms, 2), num(row.p99_ms, 2), num(row.rows_per_s), errors]
+        cells += [num(row.rps), num(row.p50_ms, 2), num(row.p99_ms, 2), num(row.rows_per_s), errors, num(row.cpu_ms, 2)]
         cells += [num(row.idle_cpu, 1)] + [_ratio(r[k]) for k in ("rps", "p50_ms", "p99_ms", "rows_per_s")]
         lines.append(cells)
     widths = [max(len(header[i]), *(len(c[i]) for c in lines if len(c) > 2)) for i in range(len(header))]

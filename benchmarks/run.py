@@ -26,7 +26,15 @@ import numpy as np
 
 from benchmarks import grpc_load, model, report
 from benchmarks.loadgen import Load, drive, hey_available
-from benchmarks.procs import NotAvailable, free_port, http_status, idle_cpu_percent, running
+from benchmarks.procs import (
+    NotAvailable,
+    cpu_seconds_between,
+    free_port,
+    http_status,
+    idle_cpu_percent,
+    running,
+    tree_cpu_ticks,
+)
 from benchmarks.report import BINARY_1000, C1, C16, C64, EXPLAIN_C16, GRPC_1000, IN_PROCESS_1000, JSON_1000, Row
 from benchmarks.servers import load_classes
 
@@ -248,20 +256,26 @@ def run_scenario(name, spec, base, scenario, process, idle, ctx, log) -> Row:
         log(f"{name}: {scenario.name}: skipped, check request failed: {problem}")
         return Row(name, scenario.name, idle_cpu=idle, note=f"skipped: {problem}")
     log(f"{name}: {scenario.name} for {ctx['duration']:g} s …")
+    cpu_before = tree_cpu_ticks(process.pid)
     if scenario.grpc:
         rows = model.digits_rows(scenario.rows)
         stats = grpc_load.drive(ctx["grpc_address"], model.MODEL_NAME, rows, scenario.concurrency, ctx["duration"])
     else:
         stats = drive(load, ctx["duration"])
+    cpu = cpu_seconds_between(cpu_before, tree_cpu_ticks(process.pid))
     note = ""
     if process.poll() is not None or http_status(base + spec.ready) != 200:
         note = "server died or stopped being ready"
+    cpu_ms = 1000 * cpu / stats.requests if stats.requests else None
     row = Row(
-        name, scenario.name, stats.rps, stats.p50_ms, stats.p99_ms, stats.rows_per_second, stats.errors, idle, note
-    )
+        name, scenario.name, stats.rps, stats.p50_ms, stats.p99_ms, stats.rows_per_second, stats.errors, idle, note,
+        cpu_ms,
+    )  # fmt: skip
     p50, p99 = report.num(stats.p50_ms, 2), report.num(stats.p99_ms, 2)
     statuses = ", ".join(f"{k}: {v}" for k, v in sorted(stats.statuses.items()))
-    log(f"{name}: {scenario.name}: {stats.rps:,.0f} rps, p50 {p50} ms, p99 {p99} ms, statuses {{{statuses}}} {note}")
+    cpu_text = report.num(cpu_ms, 2)
+    log(f"{name}: {scenario.name}: {stats.rps:,.0f} rps, p50 {p50} ms, p99 {p99} ms, {cpu_text} ms CPU per request, "
+        f"statuses {{{statuses}}} {note}")  # fmt: skip
     return row
 
 
