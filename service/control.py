@@ -93,9 +93,17 @@ async def restore(gateway) -> None:
     A repeated load reads the model's folder as it is now, as a new load request would."""
     requested = _requested()
     for name, action in requested.items():
-        (gateway.registry.unloaded.add if action == "unload" else gateway.registry.unloaded.discard)(name)
+        _mark(gateway.registry, action, name)
     if requested:
         await gateway.reloader.reload(set(requested))
+
+
+def _mark(registry, action: str, name: str) -> None:
+    """What the next re-read of `name` does with it: serve it (load) or list it as unloaded (unload)."""
+    if action == "load":
+        registry.unloaded.discard(name)
+    else:
+        registry.unloaded.add(name)
 
 
 def check_name(root: Path, name: str, served: Iterable[str] = ()) -> None:
@@ -138,10 +146,7 @@ def register(app: FastAPI, gateway, errors: dict) -> None:
             if refused := refusal(settings):
                 raise refused
             check_name(registry.root, name, registry.models)
-            if action == "load":
-                registry.unloaded.discard(name)
-            else:
-                registry.unloaded.add(name)
+            _mark(registry, action, name)
             _remember(action, name)
             await gateway.reloader.reload({name})
             if action == "load":

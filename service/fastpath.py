@@ -100,6 +100,7 @@ class Gateway:
     admission: Admission | None = None
     grpc: Any = None  # the grpc.aio server of this HTTP process (service/grpc_api), while it runs
     inline: InlineLane | None = None
+    replacement: bool = False  # this HTTP process replaced one that died (set at start)
 
     def __post_init__(self) -> None:
         self.reloader = self.reloader or Reloader(self.registry, self.settings.poll_interval)
@@ -120,7 +121,8 @@ class Gateway:
         )
         self.reloader.counts_failures = index == 0
         # A replacement (service/transport.py) was forked from the main process's registry as it was at startup.
-        self.reloader.start(look_now=server.wiring.epochs[index] > 0)
+        self.replacement = server.wiring.epochs[index] > 0
+        self.reloader.start(look_now=self.replacement)
         if InlineLane.wanted(settings):
             self.inline = InlineLane(settings)
             self.inline.follow(self.reloader.generation)
@@ -129,8 +131,7 @@ class Gateway:
     async def restore_model_control(self) -> None:
         """A replacement in `explicit` model control mode repeats the load and unload requests its predecessor was
         sent (service/control.py), before it serves anything."""
-        replacement = self.server.wiring.epochs[self.dispatcher.http_process] > 0
-        if replacement and self.settings.model_control_mode == "explicit":
+        if self.replacement and self.settings.model_control_mode == "explicit":
             await control.restore(self)
 
     async def start_grpc(self) -> None:

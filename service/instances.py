@@ -22,8 +22,7 @@ from service import bulk_json
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, describe
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-NUMERIC_BYTES = b"0123456789.eE+-[],: \t\r\n"
-BARE_KEY = b'{"instances"}'.translate(None, NUMERIC_BYTES)
+BARE_KEY = b'{"instances"}'.translate(None, bulk_json.NUMERIC_BYTES)
 """What is left of a body of numbers once every byte a number, a list or whitespace can use is deleted (one pass
 in C, where looking for quotes, `true`, `false` and `null` one by one took four)."""
 
@@ -67,7 +66,7 @@ def decode_instances(body: bytes, spec: InputSpec, payload: Any = None) -> np.nd
     if isinstance(rows[0], dict):
         return _named(rows, spec)
     # Fast path: a body that is only the key, brackets, commas and numbers holds no strings, true, false or null.
-    if body.translate(None, NUMERIC_BYTES) == BARE_KEY:
+    if body.translate(None, bulk_json.NUMERIC_BYTES) == BARE_KEY:
         array = _numbers(rows, spec.n_features)
         if array is not None:
             return array

@@ -198,19 +198,7 @@ def from_bytes(data: bytes, count: int, dtype: type, field: str) -> np.ndarray:
 
 
 def _json_tensor(data: Any, count: int) -> np.ndarray:
-    if isinstance(data, np.ndarray):  # flat numbers, already read by service/bulk_json.py
-        array = data
-    elif not isinstance(data, list):
-        raise _bad(
-            "inputs[0]: missing 'data' (or binary_data_size for binary data)", "missing_field", field="inputs[0].data"
-        )
-    else:
-        try:
-            array = np.array(data)
-        except ValueError:
-            raise _bad(
-                "inputs[0].data: nested lists of unequal length", "shape_mismatch", field="inputs[0].data"
-            ) from None
+    array = data if isinstance(data, np.ndarray) else _json_array(data)  # an array: flat numbers, from bulk_json
     if array.dtype.kind not in "fiu":
         raise _bad("inputs[0].data: expected numbers only", "non_numeric", field="inputs[0].data", expected="numbers")
     if array.size != count:
@@ -222,6 +210,17 @@ def _json_tensor(data: Any, count: int) -> np.ndarray:
             got=int(array.size),
         )
     return array
+
+
+def _json_array(data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        raise _bad(
+            "inputs[0]: missing 'data' (or binary_data_size for binary data)", "missing_field", field="inputs[0].data"
+        )
+    try:
+        return np.array(data)
+    except ValueError:
+        raise _bad("inputs[0].data: nested lists of unequal length", "shape_mismatch", field="inputs[0].data") from None
 
 
 def _requested_outputs(request: dict) -> tuple[RequestedOutput, ...]:
