@@ -73,8 +73,9 @@ def infer_request(header: bytes) -> dict[str, Any] | None:
 
     Everything but the data becomes Python objects (small). Duplicate keys send the body to orjson, whose last
     one wins where simdjson's lookup takes the first. The data is flat when the header holds exactly one `[`
-    more than the rest of the request written back as JSON. That holds only without `\\u` escapes, one of which
-    could write a `[` into a string that the header does not count: a header with any takes the other path.
+    more than the rest of the request written back as JSON, and rows of equally many numbers (KServe's examples
+    nest them so) when `_rows_of` proves it. Both hold only without `\\u` escapes, one of which could write a `[`
+    into a string that the header does not show: a header with any takes the other path.
     """
     if b"\\u" in header:
         return None
@@ -88,14 +89,32 @@ def infer_request(header: bytes) -> dict[str, Any] | None:
         data = tensor.get("data")
         if not isinstance(data, simdjson.Array):
             return None
-        values = np.frombuffer(data.as_buffer(of_type="d"), np.float64)
+        values, rows = np.frombuffer(data.as_buffer(of_type="d"), np.float64), len(data)
         tensor["data"], request["inputs"] = None, [tensor]
-        if header.count(b"[") != orjson.dumps(request).count(b"[") + 1:
+        rest = orjson.dumps(request)
+        if header.count(b"[") != rest.count(b"[") + 1 and not _rows_of(header, rest, rows, values.size):
             return None
     except Exception:  # malformed JSON, a value beyond 64 bits, true/false/null/strings in the data, ...
         return None
     tensor["data"] = values
     return request
+
+
+def _rows_of(header: bytes, rest: bytes, rows: int, size: int) -> bool:
+    """Whether the header's data is `rows` lists of `size / rows` numbers each (simdjson flattens any nesting).
+
+    As for the simple API (`numbers`), with the bytes of numbers deleted: the header's skeleton must be the
+    skeleton of the rest of the request (written back with `"data": null`) with the data's in place of the null.
+    The rest's strings, keys and other values are the header's own, so only the data can make up the difference.
+    """
+    if not 0 < rows <= size or size % rows:
+        return False
+    skeleton, null = rest.translate(None, NOT_STRUCTURE), b'"data"null'
+    if skeleton.count(null) != 1:
+        return False
+    row = b"[" + b"," * (size // rows - 1) + b"]"
+    data = b'"data"[' + b",".join([row] * rows) + b"]"
+    return header.translate(None, NOT_STRUCTURE) == skeleton.replace(null, data)
 
 
 def _parse(text: bytes) -> Any:

@@ -20,7 +20,7 @@ DECLINED = [
     b'{"instances": [[1, 2, 3], [4, 5',  # cut short
     b'{"instances": [[1, 2, 3]], "instances": [[4, 5, 6]]}',  # a duplicate key
     b'{"instances": [[1, 2, 1e999], [4, 5, 6]]}',  # beyond float64
-    FLAT.replace('"data": [1, 2, 3, 4, 5, 6]', '"data": [[1, 2, 3], [4, 5, 6]]').encode(),  # nested data
+    FLAT.replace('"data": [1, 2, 3, 4, 5, 6]', '"data": [[1, 2], [3, 4, 5, 6]]').encode(),  # ragged rows
     FLAT.replace('"name": "x"', '"name": "x", "name": "y"').encode(),  # a duplicate key in a tensor
     FLAT.replace('"data": [1, 2, 3, 4, 5, 6]', '"data": [1, 2, 3, 4, 5, true]').encode(),  # a boolean
     FLAT.replace('"inputs": [', '"inputs": [7, ').encode(),  # an input that is not an object

@@ -120,11 +120,39 @@ def both_paths(header: bytes) -> tuple:
         b"8]}]}",  # the escape writes back a "[" the header does not count: as many as the nested list adds
         b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 1e400]}]}',
         b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, true, 3, 4]}]}',
+        # nested: rows the bulk path proves, and ones it must leave to the exact path
+        b'{"id": "[[,]]", "inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], '
+        b"[3, 4]]}]}",
+        b'{"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [[1, 2]], '
+        b'"parameters": {"data": null}}]}',  # a second `"data": null` in the rest
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[[1, 2]], [3, 4]]}]}',
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[1], [2, 3, 4]]}]}',
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2, 3, 4], []]}]}',
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], 3, 4]}]}',
+        b'{"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2, 3, 4]]}]}',
     ],
 )
 def test_duplicate_keys_escapes_and_odd_values_read_the_same_on_both_paths(header):
     bulk, exact = both_paths(header)
     assert bulk == exact
+
+
+@pytest.mark.parametrize(
+    ("data", "taken"),
+    [
+        ([[1, 2], [3, 4]], True),  # rows, as KServe's examples send them
+        ([[1, 2, 3, 4]], True),  # one row of all values: row-major either way
+        ([[1], [2], [3], [4]], True),
+        ([[1, 2], [3, 4, 5, 6]], False),
+        ([[[1, 2]], [3, 4]], False),
+        ([[1, 2], [[3], 4]], False),
+    ],
+)
+def test_nested_rows_take_the_bulk_path_only_when_regular(data, taken):
+    request = bulk_json.infer_request(json.dumps({"id": "[x],", "inputs": [tensor(data=data)]}).encode())
+    assert (request is not None) == taken
+    if taken:
+        assert request["inputs"][0]["data"].tolist() == [1, 2, 3, 4] and request["id"] == "[x],"
 
 
 NUMBER = st.one_of(st.integers(-(2**31), 2**31), st.floats(allow_nan=False, allow_infinity=False))
