@@ -20,7 +20,8 @@ COMPARED_WITH = {BINARY_1000: JSON_1000, GRPC_1000: JSON_1000, IN_PROCESS_1000: 
 LEGEND = f"""
 ×: ratio to {BASELINE} on the same scenario ({BINARY_1000}, {GRPC_1000} and {IN_PROCESS_1000}: to its {JSON_1000}).
 errors: answers other than 2xx ("!" marks a flawed measurement). idle cpu %: the server's process tree while idle,
-in percent of one core (a busy-polling loop shows ~100). p50/p99 from hey's per-request CSV (0.1 ms resolution).
+in percent of one core (a busy-polling loop shows ~100). p50/p99 from hey's per-request CSV (0.1 ms resolution),
+except at c=1: one keep-alive connection timed by the harness (µs).
 """
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import grpc_load, model, report
-from benchmarks.loadgen import Load, drive, hey_available
+from benchmarks.loadgen import Load, drive, drive_one_connection, hey_available
 from benchmarks.procs import (
     NotAvailable,
     cpu_seconds_between,
@@ -59,11 +59,12 @@ class Scenario:
     binary: bool = False
     servers: tuple[str, ...] = SERVERS
     grpc: bool = False  # the Open Inference Protocol over gRPC (tabserve only), driven by benchmarks/grpc_load.py
+    timed_here: bool = False  # one connection timed by the harness in µs (loadgen.drive_one_connection), not hey
     explain: bool = False  # tabserve's explain route (integrated gradients), the same body as predict
 
 
 SCENARIOS = (
-    Scenario(C1, 1, 1, servers=MAIN),
+    Scenario(C1, 1, 1, servers=MAIN, timed_here=True),
     Scenario(C16, 1, 16, servers=MAIN),
     Scenario(C64, 1, 64),
     Scenario(JSON_1000, 1000, 4, servers=MAIN),
@@ -261,7 +262,7 @@ def run_scenario(name, spec, base, scenario, process, idle, ctx, log) -> Row:
         rows = model.digits_rows(scenario.rows)
         stats = grpc_load.drive(ctx["grpc_address"], model.MODEL_NAME, rows, scenario.concurrency, ctx["duration"])
     else:
-        stats = drive(load, ctx["duration"])
+        stats = (drive_one_connection if scenario.timed_here else drive)(load, ctx["duration"])
     cpu = cpu_seconds_between(cpu_before, tree_cpu_ticks(process.pid))
     note = ""
     if process.poll() is not None or http_status(base + spec.ready) != 200:
