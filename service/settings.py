@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     """How long a batch may wait for more requests once one is waiting. 0: take what is queued, never wait."""
 
     workers: int = Field(1, ge=1, le=64)
-    """Inference worker processes per model (each holds its own ONNX Runtime sessions)."""
+    """Inference worker processes; each holds its own ONNX Runtime sessions of every model (README, Sizing)."""
 
     http_processes: int | None = Field(None, ge=1, le=64)
     """HTTP processes (LitServe's API servers) sharing the listening sockets, each with its own pipes to every
