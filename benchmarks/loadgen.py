@@ -34,7 +34,10 @@ class Load:
     rows: int
     concurrency: int
     content_type: str = "application/json"
-    headers: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()  # "Name: value", as hey takes them
+
+    def header_dict(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type} | dict(h.split(": ", 1) for h in self.headers)
 
 
 @dataclass
@@ -90,7 +93,7 @@ def drive_one_connection(load: Load, duration: float, timeout: float = 10) -> St
     was answered, for `duration` seconds. hey's CSV rounds to 0.1 ms, an eighth of a one-row request on this
     machine, which decided a ≤ 1.0× bar by rounding. The client's own time is in every server's figures alike."""
     url = urllib.parse.urlsplit(load.url)
-    headers = {"Content-Type": load.content_type} | dict(h.split(": ", 1) for h in load.headers)
+    headers = load.header_dict()
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
     latencies, refused, statuses = [], [], {}
     started = time.perf_counter()

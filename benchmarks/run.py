@@ -154,7 +154,7 @@ def preflight(load: Load, expected: np.ndarray | None, classes: list[str]) -> st
 
     A fast wrong answer is not a result, so a scenario whose check fails is reported and skipped.
     """
-    headers = {"Content-Type": load.content_type} | dict(h.split(": ", 1) for h in load.headers)
+    headers = load.header_dict()
     request = urllib.request.Request(load.url, data=load.body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:

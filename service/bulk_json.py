@@ -53,8 +53,7 @@ def numbers(body: bytes, spec: InputSpec) -> np.ndarray | None:
     n = spec.n_features
     skeleton = body.translate(None, NOT_STRUCTURE)
     rows = (len(skeleton) - len(SKELETON_HEAD) - len(SKELETON_TAIL) + 1) // (n + 2)
-    row = b"[" + b"," * (n - 1) + b"]"
-    if not 0 < rows <= spec.max_rows or skeleton != SKELETON_HEAD + b",".join([row] * rows) + SKELETON_TAIL:
+    if not 0 < rows <= spec.max_rows or skeleton != SKELETON_HEAD + _rows_skeleton(rows, n)[1:-1] + SKELETON_TAIL:
         return None
     try:
         values = np.frombuffer(_parse(body)["instances"].as_buffer(of_type="d"), np.float64)
@@ -112,9 +111,13 @@ def _rows_of(header: bytes, rest: bytes, rows: int, size: int) -> bool:
     skeleton, null = rest.translate(None, NOT_STRUCTURE), b'"data"null'
     if skeleton.count(null) != 1:
         return False
-    row = b"[" + b"," * (size // rows - 1) + b"]"
-    data = b'"data"[' + b",".join([row] * rows) + b"]"
+    data = b'"data"' + _rows_skeleton(rows, size // rows)
     return header.translate(None, NOT_STRUCTURE) == skeleton.replace(null, data)
+
+
+def _rows_skeleton(rows: int, n: int) -> bytes:
+    """What `rows` lists of `n` numbers leave with every byte but brackets and commas deleted."""
+    return b"[" + b",".join([b"[" + b"," * (n - 1) + b"]"] * rows) + b"]"
 
 
 def _parse(text: bytes) -> Any:
