@@ -66,8 +66,22 @@ def workers_ready(gateway: Gateway) -> bool:
     return gateway.ready()
 
 
+ERRORS = {code: {"model": schemas.ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
+"""The error answers every model route documents."""
+
+
 def register(app: FastAPI, gateway: Gateway) -> None:
-    registry = gateway.registry
+    _register_error_handlers(app)
+    _register_operations(app, gateway)
+    _register_models(app, gateway)
+    _register_fast_path_operations(app)
+    _register_open_inference_protocol(app, gateway)
+    control.register(app, gateway, ERRORS)  # the OIP repository extension
+    _complete_openapi(app, gateway, (schemas.PredictRequest, schemas.ExplainRequest, schemas.OipInferRequest))
+
+
+def _register_error_handlers(app: FastAPI) -> None:
+    """Every error answers `{"error": ..., "reason": ...}` in JSON, with its status."""
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
@@ -92,10 +106,9 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         where = ".".join(str(p) for p in first["loc"])
         return JSONResponse({"error": f"{where}: {first['msg']}", "reason": "invalid_input", "field": where}, 422)
 
-    errors = {code: {"model": schemas.ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
 
-    # --- operations -------------------------------------------------------------------------------
-
+def _register_operations(app: FastAPI, gateway: Gateway) -> None:
+    """`/`, `/health` and `/metrics`."""
     # LitServe's own `/` and `/health` answer text without a content type while FastAPI documents them as
     # JSON; these answer the same, as documented plain text.
     app.router.routes = [r for r in app.router.routes if not (isinstance(r, APIRoute) and r.path in ("/", "/health"))]
@@ -109,13 +122,16 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         """`ok` once every inference worker has loaded, else 503 `not ready` (no API key needed)."""
         return PlainTextResponse("ok") if workers_ready(gateway) else PlainTextResponse("not ready", 503)
 
-    # --- simple JSON API ---------------------------------------------------------------------------
-
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def prometheus_metrics() -> Response:
         """Prometheus text format, summed over every server process (service/metrics.py)."""
         content, content_type = metrics.render()
         return Response(content, media_type=content_type)
+
+
+def _register_models(app: FastAPI, gateway: Gateway) -> None:
+    """The simple API's model listing and details."""
+    registry = gateway.registry
 
     @app.get("/v1/models", response_model=schemas.ModelsResponse, tags=["models"])
     def list_models():
@@ -133,20 +149,27 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             ]
         )
 
-    @app.get("/v1/models/{name}", response_model=schemas.ModelDetails, responses=errors, tags=["models"])
+    @app.get("/v1/models/{name}", response_model=schemas.ModelDetails, responses=ERRORS, tags=["models"])
     def model_details(name: str):
         """The newest ready version: features (in order), classes, test metrics, execution provider."""
         return _details(gateway, registry.get(name))
 
     @app.get(
-        "/v1/models/{name}/versions/{version}", response_model=schemas.ModelDetails, responses=errors, tags=["models"]
+        "/v1/models/{name}/versions/{version}", response_model=schemas.ModelDetails, responses=ERRORS, tags=["models"]
     )
     def version_details(name: str, version: str):
         return _details(gateway, registry.get(name, parse_version(version)))
 
-    def served_by_fast_path():  # pragma: no cover - the middleware answers these paths before routing
-        raise ServiceError("this route is served by the fast path")
 
+# The handler of the documentation-only routes. No docstring: FastAPI would make it their description; and
+# its name is in their OpenAPI operationIds, which generated clients use.
+def served_by_fast_path():  # pragma: no cover - the middleware answers these paths before routing
+    raise ServiceError("this route is served by the fast path")
+
+
+def _register_fast_path_operations(app: FastAPI) -> None:
+    """OpenAPI entries for predict and explain: the fast path (service/fastpath.py) answers them before FastAPI
+    routes anything, so these routes only document the operations (OIP infer: `_register_open_inference_protocol`)."""
     for path, summary in (
         ("/predict", "Predict with the default model"),
         ("/v1/models/{name}/predict", "Predict with the newest ready version"),
@@ -159,7 +182,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             summary=summary,
             tags=["predict"],
             response_model=schemas.PredictResponse,
-            responses=errors,
+            responses=ERRORS,
             openapi_extra=_fast_path_operation(path, schemas.PredictRequest),
         )
 
@@ -178,11 +201,14 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             "existed); retrain.",
             tags=["explain"],
             response_model=schemas.ExplainResponse,
-            responses={**errors, 409: {"model": schemas.ErrorResponse}},
+            responses={**ERRORS, 409: {"model": schemas.ErrorResponse}},
             openapi_extra=_fast_path_operation(path, schemas.ExplainRequest),
         )
 
-    # --- Open Inference Protocol ------------------------------------------------------------------
+
+def _register_open_inference_protocol(app: FastAPI, gateway: Gateway) -> None:
+    """OIP v2 health and metadata, and the infer operations' OpenAPI entries."""
+    registry = gateway.registry
 
     @app.get("/v2", response_model=schemas.OipServerMetadata, tags=["open inference protocol"])
     def server_metadata():
@@ -199,7 +225,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
         return JSONResponse({"error": "models are still loading", "ready": False}, status_code=503)
 
     @app.get(
-        "/v2/models/{name}", response_model=schemas.OipModelMetadata, responses=errors, tags=["open inference protocol"]
+        "/v2/models/{name}", response_model=schemas.OipModelMetadata, responses=ERRORS, tags=["open inference protocol"]
     )
     def oip_model(name: str):
         return oip_metadata(gateway, registry.get(name))
@@ -207,18 +233,18 @@ def register(app: FastAPI, gateway: Gateway) -> None:
     @app.get(
         "/v2/models/{name}/versions/{version}",
         response_model=schemas.OipModelMetadata,
-        responses=errors,
+        responses=ERRORS,
         tags=["open inference protocol"],
     )
     def oip_model_version(name: str, version: str):
         return oip_metadata(gateway, registry.get(name, parse_version(version)))
 
-    @app.get("/v2/models/{name}/ready", responses=errors, tags=["open inference protocol"])
+    @app.get("/v2/models/{name}/ready", responses=ERRORS, tags=["open inference protocol"])
     def oip_model_ready(name: str):
         registry.get(name)
         return _ready_or_503(gateway)
 
-    @app.get("/v2/models/{name}/versions/{version}/ready", responses=errors, tags=["open inference protocol"])
+    @app.get("/v2/models/{name}/versions/{version}/ready", responses=ERRORS, tags=["open inference protocol"])
     def oip_version_ready(name: str, version: str):
         registry.get(name, parse_version(version))
         return _ready_or_503(gateway)
@@ -231,15 +257,9 @@ def register(app: FastAPI, gateway: Gateway) -> None:
             tags=["open inference protocol"],
             summary="Infer (JSON or binary tensor data)",
             response_model=schemas.OipInferResponse,
-            responses=errors,
+            responses=ERRORS,
             openapi_extra=_fast_path_operation(path, schemas.OipInferRequest, binary=True),
         )
-
-    # --- Open Inference Protocol repository extension (service/control.py) -----------------------------
-
-    control.register(app, gateway, errors)
-
-    _complete_openapi(app, gateway, (schemas.PredictRequest, schemas.ExplainRequest, schemas.OipInferRequest))
 
 
 def _served_version(gateway: Gateway, name: str) -> int | None:

@@ -21,6 +21,7 @@ from bundle.manifest import (
     MANIFEST_FILE,
     Calibration,
     DatasetInfo,
+    Explanation,
     Manifest,
     Probe,
     ScalerParams,
@@ -109,12 +110,43 @@ def train(
 
 def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | None = None) -> Manifest:
     """Every file of a version, the manifest last (it hashes the others)."""
-    config, dataset, prepared, classifier = fitted.config, fitted.dataset, fitted.prepared, fitted.classifier
-    state, workdir, training_seconds = fitted.state, fitted.workdir, fitted.training_seconds
-    n_features, classes = len(prepared.features), prepared.classes
-    identity = {"name": config.name, "version": version, "features": prepared.features, "classes": classes}
-    metadata = onnx_metadata(**identity)
+    prepared = fitted.prepared
+    identity = {
+        "name": fitted.config.name,
+        "version": version,
+        "features": prepared.features,
+        "classes": prepared.classes,
+    }
+    graphs = _write_graphs(staging, fitted, onnx_metadata(**identity), review)
+    probabilities = onnx_probabilities(staging / repository.MODEL_FILE, prepared.test.X)
+    metrics = evaluate.evaluate(probabilities, prepared.test.y, prepared.classes)
+    evaluate.plot_curves(fitted.state.history, fitted.state.best_epoch, staging / CURVES_FILE)
+    evaluate.plot_confusion_matrix(metrics, staging / CONFUSION_FILE)
+    calibration = calibration_report(fitted, probabilities, staging / RELIABILITY_FILE)
+    _write_report(staging / repository.REPORT_FILE, version, fitted, metrics, calibration, graphs)
+    probe = Probe(inputs=prepared.test.X[:PROBE_ROWS].tolist(), probabilities=probabilities[:PROBE_ROWS].tolist())
+    manifest = _manifest(staging, identity, fitted, metrics, probe, graphs)
+    manifest.write(staging)
+    return manifest
 
+
+@dataclass
+class Graphs:
+    """What writing a version's graphs found out, for its report and manifest."""
+
+    parity: float
+    """Largest |ONNX Runtime - torch| probability on the test split."""
+    reviewed: dict
+    """The review's extra report fields (a retrain's gate)."""
+    explanation: Explanation
+    temperature: float
+
+
+def _write_graphs(staging: Path, fitted: Fitted, metadata: dict[str, str], review: Review | None) -> Graphs:
+    """model.onnx (checked against torch, then reviewed), explain.onnx, the scaler and label graphs, and the
+    checkpoint they were exported from."""
+    prepared, classifier = fitted.prepared, fitted.classifier
+    n_features = len(prepared.features)
     model_path = staging / repository.MODEL_FILE
     export.export_classifier(classifier, n_features, metadata, model_path)
     parity = export.check_classifier_parity(model_path, classifier, prepared.test.X)
@@ -124,17 +156,15 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
         classifier, held_out, prepared.test.X[:PROBE_ROWS], staging / repository.EXPLAIN_FILE
     )
     export.export_scaler(prepared.scaler, n_features, staging / repository.SCALER_FILE, prepared.test.X)
-    export.export_label_decoder(prepared.encoder, classes, staging / repository.LABEL_ENCODER_FILE)
+    export.export_label_decoder(prepared.encoder, prepared.classes, staging / repository.LABEL_ENCODER_FILE)
     temperature = float(classifier.temperature)
-    best = checkpoint.load(Path(workdir) / checkpoint.BEST)  # + the temperature: verify rebuilds this very graph
+    best = checkpoint.load(Path(fitted.workdir) / checkpoint.BEST)  # + the temperature: verify rebuilds this graph
     checkpoint.save(staging / repository.CHECKPOINT_FILE, {**best, "calibration": {"temperature": temperature}})
+    return Graphs(parity, reviewed, explanation, temperature)
 
-    probabilities = onnx_probabilities(model_path, prepared.test.X)
-    probe = Probe(inputs=prepared.test.X[:PROBE_ROWS].tolist(), probabilities=probabilities[:PROBE_ROWS].tolist())
-    metrics = evaluate.evaluate(probabilities, prepared.test.y, classes)
-    evaluate.plot_curves(state.history, state.best_epoch, staging / CURVES_FILE)
-    evaluate.plot_confusion_matrix(metrics, staging / CONFUSION_FILE)
-    calibration = calibration_report(fitted, probabilities, staging / RELIABILITY_FILE)
+
+def _write_report(path: Path, version: int, fitted: Fitted, metrics: dict, calibration: dict, graphs: Graphs) -> None:
+    state, config = fitted.state, fitted.config
     report = {
         "model": config.name,
         "version": version,
@@ -142,26 +172,31 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "history": state.history,
-        "parity_max_abs_diff": parity,
+        "parity_max_abs_diff": graphs.parity,
         "calibration": calibration,
-        "training_seconds": training_seconds,
+        "training_seconds": fitted.training_seconds,
         "config": config.model_dump(mode="json"),
-        **reviewed,
+        **graphs.reviewed,
     }
-    (staging / repository.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
-    manifest = Manifest(
+
+def _manifest(staging: Path, identity: dict, fitted: Fitted, metrics: dict, probe: Probe, graphs: Graphs) -> Manifest:
+    """The manifest of the files already in `staging` (it hashes them)."""
+    prepared, dataset = fitted.prepared, fitted.dataset
+    n_features, n_classes = len(prepared.features), len(prepared.classes)
+    return Manifest(
         **identity,
         created_at=datetime.now(UTC),
         class_prior=prepared.class_prior(),
         inputs=[TensorSpec(name="features", datatype="FP32", shape=[-1, n_features])],
-        outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, len(classes)])],
+        outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, n_classes])],
         scaler=ScalerParams(mean=prepared.scaler.mean_.tolist(), scale=prepared.scaler.scale_.tolist()),
         probe=probe,
-        explanation=explanation,
+        explanation=graphs.explanation,
         metrics=evaluate.headline(metrics),
-        calibration=Calibration(temperature=temperature) if fitted.calibration else None,
-        training=config.model_dump(mode="json"),
+        calibration=Calibration(temperature=graphs.temperature) if fitted.calibration else None,
+        training=fitted.config.model_dump(mode="json"),
         dataset=DatasetInfo(
             source=dataset.source,
             fingerprint=dataset.fingerprint(),
@@ -171,8 +206,6 @@ def write_bundle(staging: Path, version: int, fitted: Fitted, review: Review | N
         files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST_FILE},
         libraries={"python": platform.python_version(), **{lib: package_version(lib) for lib in LIBRARIES}},
     )
-    manifest.write(staging)
-    return manifest
 
 
 def calibration_report(fitted: Fitted, served: np.ndarray, diagram: Path) -> dict:
