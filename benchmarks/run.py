@@ -1,19 +1,22 @@
 """`python -m benchmarks.run [--duration S] [--servers a,b] [--repository R]`: the whole benchmark, bounded in time.
 
-Four servers run one after another on 127.0.0.1 (never together: they would share the same 2 cores), each
+The servers run one after another on 127.0.0.1 (never together: they would share the same 2 cores), each
 started as a subprocess, checked with one real request per scenario (right status, right probabilities), driven
-by `hey`, then stopped with its whole process group, also on Ctrl-C. One table and the bars of issue 3 at the end,
-and `benchmarks/results/latest.json`.
+by `hey`, then stopped with its whole process group, also on Ctrl-C. Then c=1 once more, FastAPI + ORT and
+tabserve up together in alternating turns (`bench_alternating`). One table and the bars of issues 3 and 11 at the
+end, and `benchmarks/results/latest.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +38,18 @@ from benchmarks.procs import (
     running,
     tree_cpu_ticks,
 )
-from benchmarks.report import BINARY_1000, C1, C16, C64, EXPLAIN_C16, GRPC_1000, IN_PROCESS_1000, JSON_1000, Row
+from benchmarks.report import (
+    BINARY_1000,
+    C1,
+    C1_ALTERNATING,
+    C16,
+    C64,
+    EXPLAIN_C16,
+    GRPC_1000,
+    IN_PROCESS_1000,
+    JSON_1000,
+    Row,
+)
 from benchmarks.servers import load_classes
 
 DEFAULT_DURATION = float(os.environ.get("BENCH_DURATION", "8"))
@@ -47,6 +61,9 @@ SERVERS = (*MAIN, *SWEEP)
 STARTUP_TIMEOUT = 90.0  # LitServe and tabserve start worker processes and load models
 IDLE_SECONDS = 2.0
 IN_PROCESS_SECONDS = 2.0
+ALTERNATING_TURNS = 8
+"""Turns per server in the alternating c=1 measurement, each a quarter of a scenario's duration."""
+ALTERNATING = (report.BASELINE, report.TABSERVE)
 OVERHEAD_PER_SERVER = 10.0  # start, settle, idle CPU, stop: what a server costs besides its scenarios (estimate)
 RESULTS = model.ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -246,6 +263,51 @@ def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) ->
     return rows, info
 
 
+def bench_alternating(ctx: dict, log: Clock) -> list[Row]:
+    """c=1 with FastAPI + ORT and tabserve up together, in alternating turns of one keep-alive connection.
+
+    A one-row request's p50 on this shared VM moves by half from one minute to the next (README, Performance),
+    and the main run measures each server in its own minutes: its c=1 ratio says partly which minutes each server
+    drew. Here each turn of one server is next to a turn of the other (the idle one costs about 1 % of a core), and
+    a server's p50 is the median of its turns', so a slow minute lands on both. The c=1 bar reads these rows."""
+    turn, scenario = ctx["duration"] / 4, next(s for s in SCENARIOS if s.name == C1)
+    try:
+        with contextlib.ExitStack() as stack:
+            loads = {}
+            for name in ALTERNATING:
+                spec, port = SPECS[name], free_port()
+                base = f"http://127.0.0.1:{port}"
+                command = server_command(name, port, ctx["model_dir"], ctx["repository"], free_port())
+                log_file = ctx["logs"] / f"{name}-alternating.log"
+                stack.enter_context(running(command, base + spec.ready, log_file, STARTUP_TIMEOUT, model.ROOT))
+                loads[name] = make_load(spec, base, scenario)
+                if problem := preflight(loads[name], ctx["expected"][1], ctx["classes"]):
+                    raise RuntimeError(f"{name}: check request failed: {problem}")
+            time.sleep(1.0)  # let start-up work settle
+            log(f"c=1 alternating: {ALTERNATING_TURNS} turns of {turn:g} s each for {' and '.join(ALTERNATING)} …")
+            turns = {name: [] for name in ALTERNATING}
+            for _ in range(ALTERNATING_TURNS):
+                for name, load in loads.items():
+                    turns[name].append(drive_one_connection(load, turn))
+    except (NotAvailable, OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log(f"c=1 alternating: failed ({e})")
+        return [Row(name, C1_ALTERNATING, note=f"failed: {e}") for name in ALTERNATING]
+    rows = [_median_turn(name, stats) for name, stats in turns.items()]
+    for row in rows:
+        log(f"{row.server}: {C1_ALTERNATING}: p50 {report.num(row.p50_ms, 3)} ms (median of {ALTERNATING_TURNS} turns)")
+    return rows
+
+
+def _median_turn(name: str, turns: list) -> Row:
+    def median(key: str) -> float | None:
+        values = [v for t in turns if (v := getattr(t, key)) is not None]
+        return statistics.median(values) if values else None
+
+    errors = sum(t.errors for t in turns)
+    return Row(name, C1_ALTERNATING, median("rps"), median("p50_ms"), median("p99_ms"), median("rows_per_second"),
+               errors)  # fmt: skip
+
+
 def run_scenario(name, spec, base, scenario, process, idle, ctx, log) -> Row:
     expected = None if name == "bare" else ctx["expected"][scenario.rows]
     if scenario.grpc:
@@ -323,8 +385,10 @@ def run(args: argparse.Namespace) -> int:
     model_dir = model.ensure_model(repository)
     plan = {s: [sc for sc in SCENARIOS if s in sc.servers] for s in args.servers}
     n_scenarios = sum(len(v) for v in plan.values())
+    alternating = all(name in plan for name in ALTERNATING)
     expected_s = n_scenarios * args.duration + IN_PROCESS_SECONDS + OVERHEAD_PER_SERVER * len(plan)
-    worst_s = expected_s + len(plan) * STARTUP_TIMEOUT + n_scenarios * 60
+    expected_s += alternating * (2 * ALTERNATING_TURNS * args.duration / 4 + 2 * OVERHEAD_PER_SERVER)
+    worst_s = expected_s + (len(plan) + 2 * alternating) * STARTUP_TIMEOUT + n_scenarios * 60
     log(
         f"model {model_dir}; {len(plan)} servers, {n_scenarios} scenarios of {args.duration:g} s: "
         f"expect about {expected_s:.0f} s (at most {worst_s:.0f} s)"
@@ -346,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
     for name, scenarios in plan.items():
         server_rows, servers[name] = bench_server(name, scenarios, ctx, log)
         rows.extend(server_rows)
+    if alternating:
+        rows.extend(bench_alternating(ctx, log))
     rows.append(rows.pop(0))  # the in-process ceiling last, under the servers
 
     bars = report.bars(rows)
