@@ -101,7 +101,10 @@ def serve(settings: Settings) -> None:
     control.forget_requests()  # a metrics folder given by the user may hold those of an earlier server
     server = build(settings)
     _stop_on_sigterm()
-    log.info("serving %s on http://%s:%s", settings.repository, settings.host, settings.port)
+    log.info(
+        "serving %s on http://%s:%s (HTTP processes: %d, workers: %d)",
+        settings.repository, settings.host, settings.port, settings.http_processes, settings.workers,
+    )  # fmt: skip
     server.run(
         host=settings.host,
         port=settings.port,

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service import cpus
+
 
 def default_http_processes() -> int:
-    """One HTTP process per core this process may run on, at most eight.
+    """One HTTP process per CPU this process may use (its affinity and its container's CPU quota), at most eight.
 
     An HTTP process parses, validates and answers its requests on one core, and with a single one that core
     caps the server while the workers wait: on the 2-core development machine two HTTP processes served 1.4×
-    the single-row requests of one at c=16 and 2.4× the 1000-row ones (README, Performance). Containers with a
-    CPU quota (which this count cannot see) should set it to their CPU limit.
+    the single-row requests of one at c=16 and 2.4× the 1000-row ones (README, Performance).
     """
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    return max(1, min(8, cpus.usable()))
 
 
 class Settings(BaseSettings):
@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     http_processes: int | None = Field(None, ge=1, le=64)
     """HTTP processes (LitServe's API servers) sharing the listening sockets, each with its own pipes to every
-    worker; default: one per core (at most 8), and 1 in `explicit` model control mode.
+    worker; default: one per CPU this process may use (its cores, lowered to its container's CPU quota; at most 8),
+    and 1 in `explicit` model control mode.
     Admission-control budgets are split among them."""
 
     inline_max_rows: int = Field(16, ge=0)

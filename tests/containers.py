@@ -128,12 +128,19 @@ def image_size_mb(tag: str) -> float:
 
 
 @contextlib.contextmanager
-def running(image: str, *args: str, env: dict[str, str] | None = None, volumes: tuple[str, ...] = ()):
-    """A detached container on the host network (it listens where TABSERVE_PORT says), removed on exit."""
+def running(
+    image: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    volumes: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+):
+    """A detached container on the host network (it listens where TABSERVE_PORT says), removed on exit; `args`
+    go to the image's command, `options` to `podman run`."""
     name = f"tabserve-test-{uuid.uuid4().hex[:8]}"
-    options = [f"--env={key}={value}" for key, value in (env or {}).items()]
-    options += [f"--volume={volume}" for volume in volumes]
-    podman("run", "--detach", "--name", name, "--network", "host", *options, image, *args)
+    flags = [f"--env={key}={value}" for key, value in (env or {}).items()]
+    flags += [f"--volume={volume}" for volume in volumes]
+    podman("run", "--detach", "--name", name, "--network", "host", *flags, *options, image, *args)
     try:
         yield name
     finally:

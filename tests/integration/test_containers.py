@@ -22,9 +22,11 @@ IRIS_ROW = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
 
 def test_serving_image_answers_as_non_root_without_torch_and_stops_cleanly(serve_image, capsys):
     port = free_port()
-    with running(serve_image, env={"TABSERVE_PORT": str(port)}) as name:
+    # --cpus 1: a CPU quota the container's core count does not show; the server sizes itself by the quota
+    with running(serve_image, env={"TABSERVE_PORT": str(port)}, options=("--cpus=1",)) as name:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, lambda: podman("logs", name).stderr)
+        assert "(HTTP processes: 1, workers: 1)" in podman("logs", name).stderr
         answer = httpx.post(f"{url}/predict", json=IRIS_ROW).json()
         assert (answer["model"], answer["version"]) == ("iris", 1)
         assert answer["predictions"][0]["label"] == "setosa"

@@ -1,0 +1,76 @@
+"""The CPU count a server sizes itself by: affinity, lowered to the CPU quota of its cgroup or an ancestor's."""
+
+import os
+
+import pytest
+
+from service import cpus
+from service.settings import default_http_processes
+
+
+def _tree(tmp_path, proc_cgroup: str, files: dict[str, str]):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_cgroup)
+    return root, proc
+
+
+@pytest.mark.parametrize(
+    ("proc_cgroup", "files", "expected"),
+    [
+        # cgroup v2, a container with its own cgroup namespace: its limit at the mount's root
+        ("0::/\n", {"cpu.max": "150000 100000\n"}, 1.5),
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        # v2 on a host: the process's own cgroup is unlimited, an ancestor is not; the tightest level counts
+        (
+            "0::/kubepods/pod1/ctr\n",
+            {
+                "kubepods/pod1/ctr/cpu.max": "max 100000",
+                "kubepods/pod1/cpu.max": "50000 100000",
+                "kubepods/cpu.max": "800000 100000",
+            },
+            0.5,
+        ),
+        # v1, a container without a cgroup namespace: its host path is not visible, the mount's root is its own
+        (
+            "4:cpu,cpuacct:/libpod_parent/libpod-1\n1:name=systemd:/x\n",
+            {"cpu,cpuacct/cpu.cfs_quota_us": "200000", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            2.0,
+        ),
+        # v1 unlimited (-1), controllers mounted one per folder as on the development machine
+        ("1:cpu:/\n2:cpuacct:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        # unreadable or odd files are no limit, not a crash
+        ("0::/\n", {"cpu.max": "garbage"}, None),
+        ("0::/\n", {"cpu.max": "100000 0"}, None),
+        ("not a cgroup line\n", {}, None),
+    ],
+)
+def test_quota_reads_the_tightest_level(tmp_path, proc_cgroup, files, expected):
+    root, proc = _tree(tmp_path, proc_cgroup, files)
+    assert cpus.quota(root, proc) == expected
+
+
+def test_no_cgroup_file_system_means_no_quota(tmp_path):
+    assert cpus.quota(tmp_path / "absent", tmp_path / "absent_proc") is None
+
+
+def test_usable_rounds_a_quota_up_and_never_exceeds_the_affinity(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    root, proc = _tree(tmp_path, "0::/\n", {"cpu.max": "150000 100000"})
+    assert cpus.usable(root, proc) == min(affinity, 2)
+    (root / "cpu.max").write_text("20000 100000")  # a fifth of a CPU still runs one process
+    assert cpus.usable(root, proc) == 1
+    (root / "cpu.max").write_text(f"{(affinity + 5) * 100000} 100000")
+    assert cpus.usable(root, proc) == affinity
+
+
+def test_the_default_http_processes_follow_the_quota(tmp_path, monkeypatch):
+    root, proc = _tree(tmp_path, "0::/\n", {"cpu.max": "100000 100000"})
+    monkeypatch.setattr(cpus, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cpus, "PROC_CGROUP", proc)
+    assert default_http_processes() == 1
