@@ -2,10 +2,11 @@
 
 import os
 
+import onnxruntime
 import pytest
 
 from service import cpus
-from service.settings import default_http_processes
+from service.settings import default_http_processes, default_workers
 
 
 def _tree(tmp_path, proc_cgroup: str, files: dict[str, str]):
@@ -74,3 +75,11 @@ def test_the_default_http_processes_follow_the_quota(tmp_path, monkeypatch):
     monkeypatch.setattr(cpus, "CGROUP_ROOT", root)
     monkeypatch.setattr(cpus, "PROC_CGROUP", proc)
     assert default_http_processes() == 1
+
+
+@pytest.mark.parametrize(("usable", "workers"), [(1, 1), (2, 1), (3, 1), (4, 2), (9, 4), (64, 8)])
+def test_the_default_workers_are_one_per_two_cpus(monkeypatch, usable, workers):
+    monkeypatch.setattr(cpus, "usable", lambda: usable)
+    assert default_workers("cpu") == workers
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # `auto` then runs on the CPU too
+        assert default_workers("auto") == workers
