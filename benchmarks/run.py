@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import grpc_load, model, report
-from benchmarks.loadgen import Load, drive, drive_one_connection, hey_available
+from benchmarks.loadgen import Load, Stats, drive, drive_one_connection, hey_available
 from benchmarks.procs import (
     NotAvailable,
     cpu_seconds_between,
@@ -298,7 +298,7 @@ def bench_alternating(ctx: dict, log: Clock) -> list[Row]:
     return rows
 
 
-def _median_turn(name: str, turns: list) -> Row:
+def _median_turn(name: str, turns: list[Stats]) -> Row:
     def median(key: str) -> float | None:
         values = [v for t in turns if (v := getattr(t, key)) is not None]
         return statistics.median(values) if values else None
