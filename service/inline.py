@@ -53,11 +53,15 @@ class InlineLane:
 
     async def _load(self, generation: int) -> None:
         try:
-            await asyncio.to_thread(self.api.registry.refresh)
+            await asyncio.to_thread(self._refresh)
         except Exception:  # the workers still serve everything; the next change tries again
             log.exception("the inline lane could not read the repository")
             return
         self.api.generation = generation
+
+    def _refresh(self) -> None:
+        self.api.registry.refresh()
+        self.api.count_from_zero()
 
     def takes(self, job: Job, alone: bool) -> bool:
         """Whether to run `job` here: it is small, the only request in this HTTP process, no worker holds anything

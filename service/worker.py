@@ -93,7 +93,19 @@ class InferenceAPI(ls.LitAPI):
         for entry in self.registry.entries():
             if entry.reason_code == "session_error":  # only workers open sessions; the rest is counted at startup
                 metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
+        self.count_from_zero()
         gc.freeze()  # long-lived from here on: keep full collections (and their pauses) small
+
+    def count_from_zero(self) -> None:
+        """Give every READY version its metric series, at 0, when it is loaded rather than at its first call.
+
+        A series born during traffic starts at its first scrape: `rate()` over it is extrapolated from there, and
+        two counters of one call (rows, calls) born in different scrapes made a ratio of their rates wrong for as
+        long as that scrape stayed in the window. Series that exist from the start avoid both (Prometheus's own
+        advice for labelled metrics), and dashboards show a new version at 0 instead of no data."""
+        for entry in self.registry.entries():
+            if entry.state == "READY":
+                self._signals(entry)
 
     def decode_request(self, request):  # LitServe requires the hook; requests arrive as decoded `Job`s
         return request
@@ -127,6 +139,7 @@ class InferenceAPI(ls.LitAPI):
         """The HTTP process saw the repository change: re-read it too (between batches, nothing in flight)."""
         if generation > self.generation:
             self.registry.refresh()
+            self.count_from_zero()
             self.generation = generation
 
     def answer(self, jobs: list[Job], queue_seconds: list[float]) -> list[Answer]:
