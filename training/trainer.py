@@ -31,7 +31,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from tqdm import tqdm
 
-from training import checkpoint
+from training import checkpoint, masks
 from training.config import TrainConfig
 from training.data import Dataset
 from training.errors import ConfigError, ResumeError
@@ -112,6 +112,7 @@ class Trainer:
         self._best: dict[str, Any] | None = None  # the newest best checkpoint, kept in memory
         self._best_unsaved = False
         self._saved_at = time.monotonic()
+        self._masks: masks.DropoutMasks | None = None  # while fitting on CPU with dropout
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c, params = self.config, self.model.parameters()
@@ -166,12 +167,16 @@ class Trainer:
         losses, sizes = [], []
         for start in range(0, len(order), self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
+            if self._masks:
+                self._masks.attach()
             loss = self.loss_fn(self.model(self.X_train[batch]), self.y_train[batch])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             losses.append(loss.detach())
             sizes.append(len(batch))
+        if self._masks:
+            self._masks.end_epoch()
         weights = torch.tensor(sizes, dtype=torch.float32, device=self.device)
         return (torch.stack(losses) @ weights).item() / len(order)  # one sync per epoch, not one per step
 
@@ -202,8 +207,21 @@ class Trainer:
 
     def fit(self) -> TrainState:
         """Train until early stopping or max epochs; leaves the best weights in `self.model`."""
-        with one_thread(self.device):
+        with one_thread(self.device), self._dropout_masks():
             return self._fit()
+
+    @contextmanager
+    def _dropout_masks(self) -> Iterator[None]:
+        """Dropout masks drawn ahead on a second core (`training/masks.py`), where dropout draws them on CPU."""
+        if not masks.needed(self.model, self.device):
+            yield
+            return
+        n, size = len(self.y_train), self.config.batch_size
+        with masks.DropoutMasks(self.model, [min(size, n - start) for start in range(0, n, size)]) as self._masks:
+            try:
+                yield
+            finally:
+                self._masks = None
 
     def _fit(self) -> TrainState:
         self.workdir.mkdir(parents=True, exist_ok=True)

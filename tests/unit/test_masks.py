@@ -1,0 +1,103 @@
+"""Dropout masks drawn ahead on a helper thread are exactly the ones `nn.Dropout` draws, and leave the global
+generator where it would be: the same seed gives the same weights with or without them."""
+
+import pytest
+import torch
+from torch import nn
+
+from training import data, masks
+from training.config import TrainConfig
+from training.model import MLP, Dropout
+from training.preprocess import prepare
+from training.trainer import Trainer
+
+
+def nn_dropout_masks(model: MLP, epoch_batches: list[int], epochs: int):
+    """What `nn.Dropout` draws from the global generator, per batch, and the generator's state per epoch."""
+    batches, states = [], []
+    for _ in range(epochs):
+        for rows in epoch_batches:
+            ones = {dropout: torch.ones(rows, width) for dropout, width in model.dropouts()}
+            batches.append([nn.functional.dropout(x, dropout.p, training=True) for dropout, x in ones.items()])
+        states.append(torch.get_rng_state())
+    return batches, states
+
+
+@pytest.mark.parametrize(
+    ("epoch_batches", "chunk_draws"),
+    [
+        ([32, 32, 7], masks.CHUNK_DRAWS),  # several epochs a chunk
+        ([32, 32, 7], 71 * 24),  # one epoch a chunk
+        ([32, 32, 7], 40 * 24),  # pieces of epochs: one batch a chunk
+        ([32, 32, 32, 7], 64 * 24),  # pieces of two batches
+    ],
+)
+def test_the_masks_and_generator_states_are_nn_dropouts(monkeypatch, epoch_batches, chunk_draws):
+    monkeypatch.setattr(masks, "CHUNK_DRAWS", chunk_draws)
+    model = MLP(3, (16, 8), 2, "tanh", dropout=0.3)
+    torch.manual_seed(7)
+    expected, expected_states = nn_dropout_masks(model, epoch_batches, epochs=5)
+    torch.manual_seed(7)
+    got, states = [], []
+    with masks.DropoutMasks(model, epoch_batches) as drawer:
+        for _ in range(5):
+            for _ in epoch_batches:
+                drawer.attach()
+                got.append([dropout.mask * 1 for dropout, _ in model.dropouts()])  # ones * noise, as nn.Dropout
+            drawer.end_epoch()
+            states.append(torch.get_rng_state())
+    assert all(d.mask is None for d, _ in model.dropouts())
+    for batch, (want, have) in enumerate(zip(expected, got, strict=True)):
+        for layer, (w, h) in enumerate(zip(want, have, strict=True)):
+            assert torch.equal(w, h), (batch, layer)
+    assert all(torch.equal(a, b) for a, b in zip(expected_states, states, strict=True))
+
+
+def test_an_epoch_cannot_end_before_its_last_batch():
+    model = MLP(3, (16,), 2, dropout=0.5)
+    with masks.DropoutMasks(model, [4, 4]) as drawer:
+        drawer.attach()
+        with pytest.raises(RuntimeError, match="before its last batch"):
+            drawer.end_epoch()
+
+
+def test_one_dropout_rate_only():
+    model = MLP(3, (16, 8), 2, dropout=0.5)
+    model.dropouts()[1][0].p = 0.2
+    with pytest.raises(ValueError, match="one dropout rate"):
+        masks.DropoutMasks(model, [4])
+
+
+def test_a_handed_mask_is_used_once_checked_and_ignored_in_eval():
+    dropout = Dropout(0.5)
+    x = torch.full((2, 3), 2.0)
+    dropout.mask = torch.tensor([[0.0, 2.0, 2.0], [2.0, 0.0, 2.0]])
+    assert torch.equal(dropout(x), torch.tensor([[0.0, 4.0, 4.0], [4.0, 0.0, 4.0]]))
+    assert dropout.mask is None
+    dropout.mask = torch.ones(3, 3)
+    with pytest.raises(RuntimeError, match=r"shape \(3, 3\) for input of shape \(2, 3\)"):
+        dropout(x)
+    dropout.eval()
+    dropout.mask = torch.zeros(2, 3)
+    assert torch.equal(dropout(x), x)
+
+
+def test_training_with_masks_drawn_ahead_is_bit_exact(tmp_path, monkeypatch):
+    """A real fit: the same weights, history and final generator state as drawing the masks in the forward pass
+    (`masks.needed` off), with chunks small enough to cut epochs into pieces."""
+    monkeypatch.setattr(masks, "CHUNK_DRAWS", 40 * 192)
+    config = TrainConfig(name="wine", dataset="wine", max_epochs=6, batch_size=32)
+    dataset = data.load("wine")
+    prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
+
+    def fit(folder, ahead):
+        monkeypatch.setattr(masks, "needed", lambda model, device: ahead)
+        trainer = Trainer(config, prepared, dataset, tmp_path / folder, progress=False)
+        state = trainer.fit()
+        return trainer.model.state_dict(), state.history, torch.get_rng_state()
+
+    weights, history, rng = fit("ahead", True)
+    want_weights, want_history, want_rng = fit("forward", False)
+    assert history == want_history
+    assert all(torch.equal(weights[key], want_weights[key]) for key in want_weights)
+    assert torch.equal(rng, want_rng)
