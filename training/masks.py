@@ -128,8 +128,3 @@ def _chunks(epoch_batches: list[int], width: int) -> list[list[Piece]]:
     per_piece = max(1, CHUNK_DRAWS // (max(epoch_batches) * width))
     starts = range(0, len(epoch_batches), per_piece)
     return [[(epoch_batches[i : i + per_piece], i + per_piece >= len(epoch_batches))] for i in starts]
-
-
-def needed(model: MLP, device: torch.device) -> bool:
-    """On CPU with dropout (on CUDA, dropout draws from the device's generator in a fused kernel)."""
-    return device.type == "cpu" and bool(model.dropouts())

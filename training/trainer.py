@@ -31,7 +31,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from tqdm import tqdm
 
-from training import checkpoint, masks
+from training import adam, checkpoint, masks, step
 from training.config import TrainConfig
 from training.data import Dataset
 from training.errors import ConfigError, ResumeError
@@ -101,6 +101,7 @@ class Trainer:
         torch.utils.deterministic.fill_uninitialized_memory = False
         self.model = MLP.from_config(len(data.features), len(data.classes), config.model).to(self.device)
         self.optimizer = self._optimizer()
+        self._optimizer_step = adam.ListedStep(self.optimizer)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.lr_factor, patience=config.lr_patience
         )
@@ -112,7 +113,10 @@ class Trainer:
         self._best: dict[str, Any] | None = None  # the newest best checkpoint, kept in memory
         self._best_unsaved = False
         self._saved_at = time.monotonic()
-        self._masks: masks.DropoutMasks | None = None  # while fitting on CPU with dropout
+        # On CPU gradients come from `training/step.py`, with dropout masks drawn ahead (`training/masks.py`): the
+        # same bits as autograd's, in less time. On CUDA, autograd: dropout's fused kernel keeps its masks to itself.
+        self.autograd = self.device.type != "cpu"
+        self._masks: masks.DropoutMasks | None = None  # while fitting without autograd, with dropout
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c, params = self.config, self.model.parameters()
@@ -154,6 +158,7 @@ class Trainer:
             raise ResumeError(f"{path}: was trained on different data than {self.dataset_info['source']!r}")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        self._optimizer_step = adam.ListedStep(self.optimizer)  # lists the loaded state's tensors
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState(**saved["state"])
         torch.set_rng_state(saved["rng"]["torch"])
@@ -167,18 +172,24 @@ class Trainer:
         losses, sizes = [], []
         for start in range(0, len(order), self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
-            if self._masks:
-                self._masks.attach()
-            loss = self.loss_fn(self.model(self.X_train[batch]), self.y_train[batch])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.detach())
+            losses.append(self._gradients(self.X_train[batch], self.y_train[batch]))
+            self._optimizer_step()
             sizes.append(len(batch))
         if self._masks:
             self._masks.end_epoch()
         weights = torch.tensor(sizes, dtype=torch.float32, device=self.device)
         return (torch.stack(losses) @ weights).item() / len(order)  # one sync per epoch, not one per step
+
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Set the parameters' gradients for one batch and return its loss."""
+        if self.autograd:
+            loss = self.loss_fn(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss.detach()
+        if self._masks:
+            self._masks.attach()
+        return step.gradients(self.model, x, y, self.loss_fn.weight)
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
@@ -212,8 +223,8 @@ class Trainer:
 
     @contextmanager
     def _dropout_masks(self) -> Iterator[None]:
-        """Dropout masks drawn ahead on a second core (`training/masks.py`), where dropout draws them on CPU."""
-        if not masks.needed(self.model, self.device):
+        """Dropout masks drawn ahead on a second core (`training/masks.py`) for `step.gradients`."""
+        if self.autograd or not self.model.dropouts():
             yield
             return
         n, size = len(self.y_train), self.config.batch_size

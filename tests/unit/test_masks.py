@@ -5,11 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from training import data, masks
-from training.config import TrainConfig
+from training import masks
 from training.model import MLP, Dropout
-from training.preprocess import prepare
-from training.trainer import Trainer
 
 
 def nn_dropout_masks(model: MLP, epoch_batches: list[int], epochs: int):
@@ -80,24 +77,3 @@ def test_a_handed_mask_is_used_once_checked_and_ignored_in_eval():
     dropout.eval()
     dropout.mask = torch.zeros(2, 3)
     assert torch.equal(dropout(x), x)
-
-
-def test_training_with_masks_drawn_ahead_is_bit_exact(tmp_path, monkeypatch):
-    """A real fit: the same weights, history and final generator state as drawing the masks in the forward pass
-    (`masks.needed` off), with chunks small enough to cut epochs into pieces."""
-    monkeypatch.setattr(masks, "CHUNK_DRAWS", 40 * 192)
-    config = TrainConfig(name="wine", dataset="wine", max_epochs=6, batch_size=32)
-    dataset = data.load("wine")
-    prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
-
-    def fit(folder, ahead):
-        monkeypatch.setattr(masks, "needed", lambda model, device: ahead)
-        trainer = Trainer(config, prepared, dataset, tmp_path / folder, progress=False)
-        state = trainer.fit()
-        return trainer.model.state_dict(), state.history, torch.get_rng_state()
-
-    weights, history, rng = fit("ahead", True)
-    want_weights, want_history, want_rng = fit("forward", False)
-    assert history == want_history
-    assert all(torch.equal(weights[key], want_weights[key]) for key in want_weights)
-    assert torch.equal(rng, want_rng)

@@ -1,18 +1,35 @@
 import pytest
 import torch
 
-from training import checkpoint, data
+from training import checkpoint, data, masks
 from training.config import TrainConfig
 from training.preprocess import prepare
 from training.trainer import Trainer
 
 
-def fit(tmp_path, **overrides):
+def fit(tmp_path, autograd=False, **overrides):
     config = TrainConfig(name="wine", dataset="wine", **{"max_epochs": 8, **overrides})
     dataset = data.load("wine")
     prepared = prepare(dataset, config.seed, config.val_fraction, config.test_fraction)
     trainer = Trainer(config, prepared, dataset, tmp_path, progress=False)
+    trainer.autograd = trainer.autograd or autograd
     return trainer, trainer.fit()
+
+
+@pytest.mark.parametrize(("activation", "class_weights"), [("tanh", "none"), ("relu", "balanced")])
+def test_cpu_training_is_autograds_bit_for_bit(tmp_path, monkeypatch, activation, class_weights):
+    """On CPU gradients come from training/step.py and dropout masks from a helper thread (chunks small enough
+    here to cut epochs into pieces): the same weights, history and final generator state as autograd with
+    `nn.Dropout` drawing its own masks."""
+    monkeypatch.setattr(masks, "CHUNK_DRAWS", 40 * 192)
+    settings = {"batch_size": 32, "class_weights": class_weights, "model": {"activation": activation}}
+    fast, fast_state = fit(tmp_path / "fast", **settings)
+    fast_rng = torch.get_rng_state()
+    reference, reference_state = fit(tmp_path / "autograd", autograd=True, **settings)
+    assert fast_state.history == reference_state.history
+    for key, tensor in reference.model.state_dict().items():
+        assert torch.equal(fast.model.state_dict()[key], tensor), key
+    assert torch.equal(fast_rng, torch.get_rng_state())
 
 
 def test_same_seed_same_weights_and_history(tmp_path):
