@@ -41,7 +41,7 @@ class _Batch:
 
 class DropoutMasks:
     """Every training batch's dropout masks for `model`'s epochs of `epoch_batches` rows per batch, one chunk
-    ahead. Use as a context manager around the epochs; call `attach` before each batch's forward pass and
+    ahead. Use as a context manager around the epochs; take each batch's masks with `next_batch`, and call
     `end_epoch` after each epoch's last batch.
 
     The helper thread makes few torch calls per chunk (one `bernoulli_` per epoch or part of one, cut into
@@ -49,8 +49,7 @@ class DropoutMasks:
     mask cost more than it saved on circles (a VM's thread wake-ups are slow)."""
 
     def __init__(self, model: MLP, epoch_batches: list[int]):
-        self._layers = [dropout for dropout, _ in model.dropouts()]
-        rates = {dropout.p for dropout in self._layers}
+        rates = {dropout.p for dropout, _ in model.dropouts()}
         if len(rates) != 1:
             raise ValueError(f"dropout masks are drawn for one dropout rate, the model has {sorted(rates)}")
         self._keep = 1 - rates.pop()
@@ -69,17 +68,14 @@ class DropoutMasks:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for dropout in self._layers:
-            dropout.mask = None
 
-    def attach(self) -> None:
-        """Give each dropout layer its mask for the next batch."""
+    def next_batch(self) -> list[torch.Tensor]:
+        """The next batch's masks, one per dropout layer in forward order: `x * mask` is the layer's output."""
         if not self._batches:
             self._batches = self._next_chunk()
         batch = self._batches.popleft()
-        for dropout, mask in zip(self._layers, batch.masks, strict=True):
-            dropout.mask = mask
         self._epoch_rng = batch.rng_after
+        return batch.masks
 
     def end_epoch(self) -> None:
         """Leave the global generator where `nn.Dropout` would have left it after this epoch."""

@@ -16,21 +16,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-class Dropout(nn.Dropout):
-    """`nn.Dropout` that can be handed its next training mask (drawn ahead by `training/masks.py`); otherwise the
-    same module: no parameters, and the identity in eval mode and in every exported graph."""
-
-    mask: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.mask is None:
-            return super().forward(x)
-        mask, self.mask = self.mask, None  # one mask, one forward pass
-        if mask.shape != x.shape:
-            raise RuntimeError(f"dropout mask of shape {tuple(mask.shape)} for input of shape {tuple(x.shape)}")
-        return x * mask
-
-
 class MLP(nn.Module):
     """Fully connected layers with one activation (and optional dropout) between them; outputs logits."""
 
@@ -49,7 +34,7 @@ class MLP(nn.Module):
         for size in hidden:
             layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
             if dropout > 0:
-                layers.append(Dropout(dropout))
+                layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, n_classes))
         self.layers = nn.Sequential(*layers)
@@ -75,13 +60,13 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
-    def dropouts(self) -> list[tuple[Dropout, int]]:
+    def dropouts(self) -> list[tuple[nn.Dropout, int]]:
         """Each dropout layer, in forward order, with the width of what it drops (the layer before's outputs)."""
         found, width = [], 0
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
                 width = layer.out_features
-            elif isinstance(layer, Dropout):
+            elif isinstance(layer, nn.Dropout):
                 found.append((layer, width))
         return found
 

@@ -11,10 +11,12 @@ dropout and class weights). Used on CPU, where the dropout masks come from `trai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from training.model import MLP, Dropout
+from training.model import MLP
 
 aten = torch.ops.aten
 
@@ -39,31 +41,50 @@ def _activation_backward(layer: nn.Module, grad: torch.Tensor, x: torch.Tensor, 
     raise TypeError(f"no backward pass written for {type(layer).__name__}")
 
 
-@torch.no_grad()
-def gradients(model: MLP, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Set every parameter's `.grad` to the gradient of the mean (class-weighted) cross-entropy of `model(x)`
-    against `y`, as `loss.backward()` after `zero_grad(set_to_none=True)` would; return the loss.
+Saved = list[tuple[nn.Module, torch.Tensor, torch.Tensor]]
+"""Per layer, in forward order: the layer, its input, and what its backward pass needs (its output, or a dropout
+layer's mask)."""
 
-    Each dropout layer must hold its mask (`Dropout.mask`), which is needed again on the way back."""
-    saved: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []  # (layer, its input, its output or mask)
-    for layer in model.layers:
-        if isinstance(layer, nn.Linear):
-            out = torch.addmm(layer.bias, x, layer.weight.t())
-            saved.append((layer, x, out))
-        elif isinstance(layer, Dropout):
-            if layer.mask is None:
-                raise RuntimeError("a dropout layer has no mask: attach the batch's masks first")
-            out = x * layer.mask
-            saved.append((layer, x, layer.mask))
-            layer.mask = None
-        else:
-            out = layer(x)
-            saved.append((layer, x, out))
-        x = out
-    log_p = torch._log_softmax(x, 1, False)
+
+@torch.no_grad()
+def gradients(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, masks: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Set every parameter's `.grad` to the gradient of the mean (class-weighted) cross-entropy of `model(x)`
+    against `y` in training mode, as `loss.backward()` after `zero_grad(set_to_none=True)` would; return the loss.
+
+    `masks` holds each dropout layer's scaled mask, in forward order (`training/masks.py`). The model's own mode
+    does not matter, so it can stay in eval mode between validations."""
+    logits, saved = _forward(model, x, masks)
+    log_p = torch._log_softmax(logits, 1, False)
     loss, total_weight = aten.nll_loss_forward(log_p, y, weight, MEAN, IGNORE_INDEX)
     grad = aten.nll_loss_backward(torch.ones_like(loss), log_p, y, weight, MEAN, IGNORE_INDEX, total_weight)
-    grad = aten._log_softmax_backward_data(grad, log_p, 1, log_p.dtype)
+    _backward(saved, aten._log_softmax_backward_data(grad, log_p, 1, log_p.dtype))
+    return loss
+
+
+def _forward(model: MLP, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, Saved]:
+    dropouts = model.dropouts()
+    if [tuple(m.shape) for m in masks] != [(len(x), width) for _, width in dropouts]:
+        shapes = [(len(x), width) for _, width in dropouts]
+        raise ValueError(f"dropout masks of shapes {[tuple(m.shape) for m in masks]}; the batch needs {shapes}")
+    dropout_masks = iter(masks)
+    saved: Saved = []
+    for layer in model.layers:
+        if isinstance(layer, nn.Linear):
+            out = kept = torch.addmm(layer.bias, x, layer.weight.t())
+        elif isinstance(layer, nn.Dropout):
+            kept = next(dropout_masks)
+            out = x * kept
+        else:
+            out = kept = layer.forward(x)  # not __call__: no hooks to run on these stateless modules
+        saved.append((layer, x, kept))
+        x = out
+    return x, saved
+
+
+def _backward(saved: Saved, grad: torch.Tensor) -> None:
+    """From the logits' gradient down, setting each Linear's parameter gradients on the way."""
     for index in range(len(saved) - 1, -1, -1):
         layer, x, kept = saved[index]
         if isinstance(layer, nn.Linear):
@@ -71,8 +92,7 @@ def gradients(model: MLP, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
             layer.weight.grad = grad.t().mm(x)
             if index:  # the input's gradient, unless the input is the batch
                 grad = grad.mm(layer.weight)
-        elif isinstance(layer, Dropout):
+        elif isinstance(layer, nn.Dropout):
             grad = grad * kept
         else:
             grad = _activation_backward(layer, grad, x, kept)
-    return loss

@@ -1,12 +1,12 @@
 """Dropout masks drawn ahead on a helper thread are exactly the ones `nn.Dropout` draws, and leave the global
-generator where it would be: the same seed gives the same weights with or without them."""
+generator where it would be (a whole fit with them: tests/unit/test_trainer.py)."""
 
 import pytest
 import torch
 from torch import nn
 
 from training import masks
-from training.model import MLP, Dropout
+from training.model import MLP
 
 
 def nn_dropout_masks(model: MLP, epoch_batches: list[int], epochs: int):
@@ -39,11 +39,9 @@ def test_the_masks_and_generator_states_are_nn_dropouts(monkeypatch, epoch_batch
     with masks.DropoutMasks(model, epoch_batches) as drawer:
         for _ in range(5):
             for _ in epoch_batches:
-                drawer.attach()
-                got.append([dropout.mask * 1 for dropout, _ in model.dropouts()])  # ones * noise, as nn.Dropout
+                got.append(drawer.next_batch())
             drawer.end_epoch()
             states.append(torch.get_rng_state())
-    assert all(d.mask is None for d, _ in model.dropouts())
     for batch, (want, have) in enumerate(zip(expected, got, strict=True)):
         for layer, (w, h) in enumerate(zip(want, have, strict=True)):
             assert torch.equal(w, h), (batch, layer)
@@ -53,7 +51,7 @@ def test_the_masks_and_generator_states_are_nn_dropouts(monkeypatch, epoch_batch
 def test_an_epoch_cannot_end_before_its_last_batch():
     model = MLP(3, (16,), 2, dropout=0.5)
     with masks.DropoutMasks(model, [4, 4]) as drawer:
-        drawer.attach()
+        drawer.next_batch()
         with pytest.raises(RuntimeError, match="before its last batch"):
             drawer.end_epoch()
 
@@ -63,17 +61,3 @@ def test_one_dropout_rate_only():
     model.dropouts()[1][0].p = 0.2
     with pytest.raises(ValueError, match="one dropout rate"):
         masks.DropoutMasks(model, [4])
-
-
-def test_a_handed_mask_is_used_once_checked_and_ignored_in_eval():
-    dropout = Dropout(0.5)
-    x = torch.full((2, 3), 2.0)
-    dropout.mask = torch.tensor([[0.0, 2.0, 2.0], [2.0, 0.0, 2.0]])
-    assert torch.equal(dropout(x), torch.tensor([[0.0, 4.0, 4.0], [4.0, 0.0, 4.0]]))
-    assert dropout.mask is None
-    dropout.mask = torch.ones(3, 3)
-    with pytest.raises(RuntimeError, match=r"shape \(3, 3\) for input of shape \(2, 3\)"):
-        dropout(x)
-    dropout.eval()
-    dropout.mask = torch.zeros(2, 3)
-    assert torch.equal(dropout(x), x)

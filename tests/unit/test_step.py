@@ -8,10 +8,9 @@ from training import step
 from training.model import ACTIVATIONS, MLP
 
 
-def hand_masks(model: MLP, rows: int, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for dropout, width in model.dropouts():
-        dropout.mask = torch.empty(rows, width).bernoulli_(1 - dropout.p, generator=generator).div_(1 - dropout.p)
+def draw_masks(model: MLP, rows: int) -> list[torch.Tensor]:
+    """Masks as nn.Dropout draws them from the global generator (ones * noise)."""
+    return [nn.functional.dropout(torch.ones(rows, width), d.p, training=True) for d, width in model.dropouts()]
 
 
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
@@ -22,27 +21,30 @@ def test_gradients_and_loss_are_autograds(activation, dropout, weighted):
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
     weight = torch.tensor([0.5, 1.0, 2.0]) if weighted else None
 
-    hand_masks(model, 40, seed=1)
-    loss = nn.CrossEntropyLoss(weight=weight)(model(x), y)
+    torch.manual_seed(1)
+    loss = nn.CrossEntropyLoss(weight=weight)(model.train()(x), y)  # nn.Dropout draws its masks
     loss.backward()
     expected = {name: p.grad for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
-    hand_masks(model, 40, seed=1)
-    assert torch.equal(step.gradients(model, x, y, weight), loss.detach())
+    torch.manual_seed(1)
+    masks = draw_masks(model, 40)  # the same masks
+    assert torch.equal(step.gradients(model.eval(), x, y, weight, masks), loss.detach())
     for name, p in model.named_parameters():
         assert torch.equal(p.grad, expected[name]), name
-    assert all(dropout.mask is None for dropout, _ in model.dropouts())
 
 
-def test_a_dropout_layer_without_its_mask_is_refused():
-    model = MLP(5, (8,), 2, dropout=0.5)
-    with pytest.raises(RuntimeError, match="no mask"):
-        step.gradients(model, torch.randn(4, 5), torch.zeros(4, dtype=torch.long), None)
+@pytest.mark.parametrize("shapes", [[], [(4, 8)], [(4, 8), (4, 6), (4, 6)], [(3, 8), (4, 6)], [(4, 6), (4, 8)]])
+def test_masks_that_do_not_fit_the_dropout_layers_are_refused(shapes):
+    model = MLP(5, (8, 6), 2, dropout=0.5)
+    with pytest.raises(ValueError, match=r"the batch needs \[\(4, 8\), \(4, 6\)\]"):
+        step.gradients(
+            model, torch.randn(4, 5), torch.zeros(4, dtype=torch.long), None, [torch.ones(s) for s in shapes]
+        )
 
 
 def test_a_layer_without_a_written_backward_is_refused():
     model = MLP(5, (8,), 2)
     model.layers[1] = nn.Softplus()
     with pytest.raises(TypeError, match="no backward pass written for Softplus"):
-        step.gradients(model, torch.randn(4, 5), torch.zeros(4, dtype=torch.long), None)
+        step.gradients(model, torch.randn(4, 5), torch.zeros(4, dtype=torch.long), None, [])
