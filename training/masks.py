@@ -30,7 +30,7 @@ CHUNK_DRAWS = 2**18
 """Mask elements drawn per hand-off between the threads, about (whole epochs of a small dataset, part of an epoch
 of a large one, at least one batch): about 3 ms of drawing here. Each hand-off costs the training thread a few
 GIL hand-overs, so small epochs are drawn several at a time; two chunks exist at a time, so this bounds the
-memory too (2 MiB a chunk)."""
+memory too (1 MiB a chunk)."""
 
 
 @dataclass
