@@ -58,6 +58,12 @@ def check_hashes(folder: Path, manifest: Manifest) -> None:
 
 
 def open_session(path: Path, options: ort.SessionOptions | None = None, providers: list[str] | None = None):
+    """`path` in ONNX Runtime, or `BundleError`. Without `options`, on one intra-op thread: the checks run a few
+    probe rows, and ORT's default is a thread per core of the node, which in a container may be far more than its
+    CPU quota."""
+    if options is None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types for every kind of bad graph

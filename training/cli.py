@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bundle import cpus
 from bundle.integrity import BundleError
 from training.config import ModelConfig, TrainConfig
 from training.errors import TrainingError
@@ -200,10 +201,23 @@ def _quality(args: argparse.Namespace) -> int:
     return main(seed=args.seed, datasets=args.datasets, repeats=max(1, args.repeats))
 
 
+def torch_threads_within_quota() -> int:
+    """Size torch's thread pool to the CPUs this process may use, and return it. torch counts the cores it can
+    see, which in a container with a CPU limit are the node's: OpenMP threads beyond the quota only wait for the
+    throttle. (The training loop runs on one thread anyway; export, calibration, parity and the explanation
+    checks use this pool.)"""
+    import torch
+
+    torch.set_num_threads(min(torch.get_num_threads(), cpus.usable()))
+    return torch.get_num_threads()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"train": _train, "retrain": _retrain, "rollback": _rollback, "verify": _verify, "quality": _quality}
     command = commands[args.command]
+    if command is not _rollback:  # the one command that does not import torch
+        torch_threads_within_quota()
     try:
         return command(args)
     except ValidationError as e:

@@ -18,6 +18,7 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 
+from bundle import cpus
 from training.errors import ParityError
 from training.model import Classifier
 
@@ -27,7 +28,11 @@ ONNX_ML_OPSET = 3
 
 
 def onnx_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """A CPU session with a thread per usable CPU: ONNX Runtime's default counts the node's cores, more than a
+    container's CPU quota may run (`bundle/cpus.py`)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cpus.usable()
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def export_classifier(classifier: Classifier, n_features: int, metadata: dict[str, str], path: Path) -> None:

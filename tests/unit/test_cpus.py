@@ -1,12 +1,16 @@
-"""The CPU count a server sizes itself by: affinity, lowered to the CPU quota of its cgroup or an ancestor's."""
+"""The CPU count a server and a training run size themselves by: affinity, lowered to the CPU quota of their cgroup
+or an ancestor's."""
 
 import os
 
 import onnxruntime
 import pytest
+import torch
 
-from service import cpus
+from bundle import cpus
+from bundle.integrity import open_session
 from service.settings import default_http_processes, default_workers
+from training import cli, export
 
 
 def _tree(tmp_path, proc_cgroup: str, files: dict[str, str]):
@@ -83,3 +87,20 @@ def test_the_default_workers_are_one_per_two_cpus(monkeypatch, usable, workers):
     assert default_workers("cpu") == workers
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # `auto` then runs on the CPU too
         assert default_workers("auto") == workers
+
+
+def test_training_sizes_torch_and_onnx_runtime_by_the_quota(monkeypatch, tmp_path, trained):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpus, "usable", lambda: 1)
+    try:
+        torch.set_num_threads(2)
+        assert cli.main(["verify", str(tmp_path / "absent")]) != 0  # any torch command sizes torch first
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    model = trained[0] / "model.onnx"
+    assert export.onnx_session(model).get_session_options().intra_op_num_threads == 1
+    monkeypatch.setattr(cpus, "usable", lambda: 3)
+    assert export.onnx_session(model).get_session_options().intra_op_num_threads == 3
+    # The bundle checks run a few probe rows: one thread, whatever the machine
+    assert open_session(model).get_session_options().intra_op_num_threads == 1
