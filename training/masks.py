@@ -3,14 +3,15 @@
 On CPU a dropout mask is one draw per element from the Mersenne Twister of torch's global generator: a serial
 kernel, about a fifth of a training step on circles (torch profiler). A mask depends on nothing a step
 computes, so a helper thread draws the next chunk of batches' masks while the main thread runs the current
-chunk; torch releases the GIL inside the draw, so the two run on two cores. A chunk is a whole epoch unless
-that would exceed `CHUNK_BYTES`, so on small datasets the threads meet once an epoch.
+chunk; torch releases the GIL inside the draw, so the two run on two cores. A chunk is about `CHUNK_DRAWS` mask
+elements: several epochs of a small dataset, or part of an epoch of a large one.
 
 They are exactly the masks `nn.Dropout` would have drawn, in the same order: on CPU it computes
 `noise = empty_like(x).bernoulli_(1 - p).div_(1 - p); x * noise`. The thread draws from a copy of the global
 generator, and `end_epoch` sets the global generator to that copy's state after the epoch's last mask, which
 is where `nn.Dropout` would have left it. Checkpoints are taken at epoch boundaries, so the same seed gives the
-same weights and `--resume` ends where an uninterrupted run ends (tests/unit/test_masks.py).
+same weights and `--resume` ends where an uninterrupted run ends (tests/unit/test_masks.py; whole fits against
+`nn.Dropout`: tests/unit/test_trainer.py).
 
 That needs one rule: nothing else draws from the global generator during an epoch (shuffling has its own).
 """

@@ -64,10 +64,9 @@ def gradients(
 
 
 def _forward(model: MLP, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> tuple[torch.Tensor, Saved]:
-    dropouts = model.dropouts()
-    if [tuple(m.shape) for m in masks] != [(len(x), width) for _, width in dropouts]:
-        shapes = [(len(x), width) for _, width in dropouts]
-        raise ValueError(f"dropout masks of shapes {[tuple(m.shape) for m in masks]}; the batch needs {shapes}")
+    needed = [(len(x), width) for _, width in model.dropouts()]
+    if (shapes := [tuple(m.shape) for m in masks]) != needed:
+        raise ValueError(f"dropout masks of shapes {shapes}; the batch needs {needed}")
     dropout_masks = iter(masks)
     saved: Saved = []
     for layer in model.layers:
