@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     quality = commands.add_parser("quality", help="ours vs scikit-learn's MLPClassifier on every built-in dataset")
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--datasets", type=_columns, help="comma-separated subset of the built-ins")
-    quality.add_argument("--repeats", type=int, default=3, help="runs per side; the fastest counts (default 3)")
+    quality.add_argument("--repeats", type=int, default=5, help="runs per side; the fastest counts (default 5)")
     return parser
 
 
