@@ -1,6 +1,8 @@
 """Dropout masks drawn ahead on a helper thread are exactly the ones `nn.Dropout` draws, and leave the global
 generator where it would be (a whole fit with them: tests/unit/test_trainer.py)."""
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -61,3 +63,20 @@ def test_one_dropout_rate_only():
     model.dropouts()[1][0].p = 0.2
     with pytest.raises(ValueError, match="one dropout rate"):
         masks.DropoutMasks(model, [4])
+
+
+def test_the_helper_thread_ends_with_the_block_even_when_it_raises():
+    model = MLP(3, (16,), 2, dropout=0.5)
+
+    def helpers():
+        return [t for t in threading.enumerate() if t.name.startswith("dropout-masks")]
+
+    with masks.DropoutMasks(model, [4, 4]) as drawer:
+        drawer.next_batch()
+        drawer.next_batch()
+        assert helpers()  # drawing the next chunk, or waiting for work
+    assert not helpers()
+    with pytest.raises(KeyboardInterrupt), masks.DropoutMasks(model, [4, 4]) as drawer:
+        drawer.next_batch()
+        raise KeyboardInterrupt  # Ctrl-C mid-epoch
+    assert not helpers()
