@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     quality = commands.add_parser("quality", help="ours vs scikit-learn's MLPClassifier on every built-in dataset")
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--datasets", type=_columns, help="comma-separated subset of the built-ins")
-    quality.add_argument("--repeats", type=int, default=5, help="runs per side; the fastest counts (default 5)")
+    quality.add_argument("--repeats", type=int, help="runs per side; the fastest counts (default: 5)")
     return parser
 
 
@@ -198,18 +198,18 @@ def _verify(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from training.quality import main
 
-    return main(seed=args.seed, datasets=args.datasets, repeats=max(1, args.repeats))
+    repeats = {} if args.repeats is None else {"repeats": max(1, args.repeats)}  # default: quality.REPEATS
+    return main(seed=args.seed, datasets=args.datasets, **repeats)
 
 
-def torch_threads_within_quota() -> int:
-    """Size torch's thread pool to the CPUs this process may use, and return it. torch counts the cores it can
+def torch_threads_within_quota() -> None:
+    """Size torch's thread pool to the CPUs this process may use. torch counts the cores it can
     see, which in a container with a CPU limit are the node's: OpenMP threads beyond the quota only wait for the
     throttle. (The training loop runs on one thread anyway; export, calibration, parity and the explanation
     checks use this pool.)"""
     import torch
 
     torch.set_num_threads(min(torch.get_num_threads(), cpus.usable()))
-    return torch.get_num_threads()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,11 +50,12 @@ class DropoutMasks:
     mask cost more than it saved on circles (a VM's thread wake-ups are slow)."""
 
     def __init__(self, model: MLP, epoch_batches: list[int]):
-        rates = {dropout.p for dropout, _ in model.dropouts()}
+        dropouts = model.dropouts()
+        rates = {dropout.p for dropout, _ in dropouts}
         if len(rates) != 1:
             raise ValueError(f"dropout masks are drawn for one dropout rate, the model has {sorted(rates)}")
         self._keep = 1 - rates.pop()
-        self._widths = [width for _, width in model.dropouts()]
+        self._widths = [width for _, width in dropouts]
         self._chunks = _chunks(epoch_batches, sum(self._widths))
         self._generator = torch.Generator()
         self._generator.set_state(torch.get_rng_state())
