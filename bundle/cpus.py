@@ -4,7 +4,7 @@
 CPU limit, `podman run --cpus`) still sees all of them, and a server sizing itself by them starts more processes
 than its quota can run: on a 64-core node, 8 HTTP processes (the default's cap) and 8 workers throttled to two
 cores' time; torch and ONNX Runtime in a training run would start 64 threads each. Both halves size themselves by
-`usable()` (service/settings.py; training/cli.py and training/export.py). The quota is in the
+`usable()` (service/core/settings.py; training/cli.py and training/export.py). The quota is in the
 cgroup file system: `cpu.max` (`"<quota> <period>"` or `"max <period>"`) in cgroup v2, `cpu.cfs_quota_us` (-1:
 none) and `cpu.cfs_period_us` in v1's `cpu` controller. A limit on an ancestor cgroup binds too, so every level from
 the process's own cgroup up to the mount is read and the tightest counts. In a container the process's cgroup

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:

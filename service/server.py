@@ -2,7 +2,7 @@
 
 Process model (LitServe's): this main process, a queue manager, `workers` spawned inference workers holding
 the ONNX Runtime sessions, and `http_processes` forked HTTP processes sharing the listening sockets. A worker
-that dies is replaced (service/transport.py). Shutdown on SIGINT or SIGTERM goes through LitServe's graceful
+that dies is replaced (service/engine/supervisor.py). Shutdown on SIGINT or SIGTERM goes through LitServe's graceful
 path, so in-flight requests finish and no child outlives the server.
 """
 
@@ -17,15 +17,19 @@ import uvicorn
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 
-from service import control, metrics, routes
-from service.fastpath import FastPath, Gateway
-from service.grpc_api.port import check_bindable
-from service.protocol import protocol_for
-from service.registry import Registry
-from service.reload import Reloader
-from service.settings import Settings
-from service.transport import PipeLitServer
-from service.worker import InferenceAPI
+from service.core import metrics
+from service.core.settings import Settings
+from service.dataplane import metadata
+from service.dataplane.gateway import Gateway, Stop
+from service.engine.supervisor import PipeLitServer
+from service.engine.worker import InferenceAPI
+from service.grpc.port import check_bindable
+from service.models import control
+from service.models.registry import Registry
+from service.models.reload import Reloader
+from service.rest import routes
+from service.rest.fastpath import FastPath
+from service.rest.limits import protocol_for
 
 log = logging.getLogger("tabserve")
 GRACEFUL_SECONDS = 10
@@ -57,6 +61,7 @@ def build(settings: Settings) -> ls.LitServer:
             check_bindable(settings.host, settings.grpc_port)
         except OSError as e:
             raise SystemExit(f"error: {e}") from None
+        gateway.front_ends.append(serve_grpc)
     if settings.health_port:
         server.health_socket = uvicorn.Config(app=None, host=settings.host, port=settings.health_port).bind_socket()
     # The fast path is the outermost ASGI layer: prediction requests skip FastAPI, Starlette and their middleware
@@ -68,10 +73,21 @@ def build(settings: Settings) -> ls.LitServer:
     return server
 
 
+async def serve_grpc(gateway: Gateway) -> Stop:
+    """Serve the Open Inference Protocol over gRPC from each HTTP process too (settings.grpc_port).
+
+    grpc is imported and its server made only here, in the forked HTTP process with its loop running: a gRPC
+    server alive across LitServe's fork hangs the child. Every HTTP process binds the port (SO_REUSEPORT).
+    """
+    from service.grpc import server
+
+    return await server.serve(gateway)
+
+
 def record_startup(registry: Registry) -> None:
     """Metrics of the first look at the repository: the build, and versions refused at load (counted once, here;
     later refusals are counted by the HTTP process's reloader)."""
-    metrics.build_info.labels(routes.SERVER_VERSION).set(1)
+    metrics.build_info.labels(metadata.SERVER_VERSION).set(1)
     for entry in registry.entries():
         if entry.state != "READY":
             metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from bundle.manifest import Manifest
-from service.schemas import ExplainResponse
+from service.core.schemas import ExplainResponse
 from tests.metrics_text import Scrape
 from tests.serving import Server, republish
 

@@ -42,7 +42,7 @@ def predict_on_fresh_connections(url: str, count: int, threads: int = 16) -> lis
 
 
 def http_process_pids(server: Server) -> set[int]:
-    """The HTTP processes: those whose dispatcher logged taking up a worker (service/dispatch.py)."""
+    """The HTTP processes: those whose dispatcher logged taking up a worker (service/engine/dispatch.py)."""
     return {int(pid) for pid in re.findall(r"tabserve.dispatch \[(\d+)\] inference worker", server.output())}
 
 

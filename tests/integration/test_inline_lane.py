@@ -1,5 +1,5 @@
-"""The inline lane (service/inline.py): small requests are answered by the HTTP process while the worker is idle,
-larger ones and any arriving while the worker holds work go to the worker, and the lane follows hot reloads.
+"""The inline lane (service/dataplane/inline.py): small requests are answered by the HTTP process while the worker is
+idle, larger ones and any arriving while the worker holds work go to the worker, and the lane follows hot reloads.
 
 A stopped worker (SIGSTOP) makes the difference observable: only the lane can answer while it is stopped.
 """

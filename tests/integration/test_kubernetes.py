@@ -25,7 +25,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from service import metrics
+from service.core import metrics
 from tests.conftest import ROOT, require_tool
 from tests.containers import podman, wait_ready
 from tests.serving import Server, free_port

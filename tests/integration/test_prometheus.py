@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from service import metrics
+from service.core import metrics
 from tests.conftest import ROOT, require_tool
 from tests.serving import Server, free_port
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.schemas import ModelDetails, ModelsResponse, PredictResponse
+from service.core.schemas import ModelDetails, ModelsResponse, PredictResponse
 
 IRIS_FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
@@ -234,7 +234,7 @@ def test_a_large_bad_body_is_refused_by_the_worker_with_the_same_message(server)
 
 
 def test_expect_100_continue_is_answered_before_the_body_and_the_answer_follows_whole(server):
-    """The response head is held back until its body (service/protocol.py `OneWrite`); 100 Continue never is."""
+    """The response head is held back until its body (service/rest/limits.py `OneWrite`); 100 Continue never is."""
     body = json.dumps({"instances": [ROWS[0].tolist()]}).encode()
     head = (f"POST /v1/models/iris/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nexpect: 100-continue\r\n\r\n")  # fmt: skip

@@ -1,12 +1,12 @@
-"""The simple API's answer text (service/worker.py `encode_predictions`), held byte for byte to orjson writing the
-same answer as dicts, the obvious encoding it replaces for speed."""
+"""The simple API's answer text (service/codecs/answers.py `encode_predictions`), held byte for byte to orjson writing
+the same answer as dicts, the obvious encoding it replaces for speed."""
 
 import numpy as np
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.worker import encode_predictions
+from service.codecs.answers import encode_predictions
 
 LABELS = st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=12, unique=True)
 """Labels with quotes, backslashes, `%`, commas, colons and non-ASCII: nothing in them may shift the values."""

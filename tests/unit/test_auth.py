@@ -2,9 +2,9 @@
 
 import pytest
 
-from service import auth
-from service.errors import Forbidden, Unauthorized
-from service.settings import Settings
+from service.core import auth
+from service.core.errors import Forbidden, Unauthorized
+from service.core.settings import Settings
 
 
 def settings(**keys) -> Settings:

@@ -4,8 +4,9 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Job, NoWaitBatchedLoop, drop_reason, plan_calls, run_calls
-from service.transport import CANCELLED, Wiring
+from service.core.job import Job
+from service.engine.batching import NoWaitBatchedLoop, drop_reason, plan_calls, run_calls
+from service.engine.links import CANCELLED, Wiring
 
 
 def job(model, rows, version=1, start=0.0):

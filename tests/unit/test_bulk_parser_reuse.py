@@ -1,4 +1,4 @@
-"""service/bulk_json.py reuses one simdjson parser per thread. simdjson refuses to reuse a parser while any proxy
+"""service/codecs/bulk_json.py reuses one simdjson parser per thread. simdjson refuses to reuse a parser while any proxy
 into its last document is alive, and bulk_json then declines every later body: still right (the exact path takes
 them), but slow for good. So every way a body can be declined must let go of the document."""
 
@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from service import bulk_json
-from service.instances import InputSpec
+from service.codecs import bulk_json
+from service.codecs.spec import InputSpec
 
 SPEC = InputSpec(features=("a", "b", "c"), max_rows=5)
 ROWS = json.dumps({"instances": [[1, 2, 3], [4, 5, 6]]}).encode()

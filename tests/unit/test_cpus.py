@@ -9,7 +9,7 @@ import torch
 
 from bundle import cpus
 from bundle.integrity import open_session
-from service.settings import default_http_processes, default_workers
+from service.core.settings import default_http_processes, default_workers
 from training import cli, export
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from service import deadlines
-from service.dispatch import DrainRate
-from service.errors import BadRequest
+from service.core import deadlines
+from service.core.errors import BadRequest
+from service.engine.dispatch import DrainRate
 
 
 def test_the_header_and_the_oip_timeout_only_ever_shorten_the_default():
@@ -25,7 +25,7 @@ def test_a_malformed_timeout_header_is_a_400_naming_it(value):
 
 def test_drain_rate_is_the_recent_slope_of_a_running_total(monkeypatch):
     now = [0.0]
-    monkeypatch.setattr("service.dispatch.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("service.engine.dispatch.time.monotonic", lambda: now[0])
     rate = DrainRate()
     assert rate.update(0) == 0.0  # nothing known yet
     for second in range(1, 11):

@@ -5,12 +5,13 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from service import explain
-from service.batching import Job, decode_job
-from service.errors import Conflict, InvalidInput
-from service.instances import InputSpec
-from service.settings import Settings
-from service.worker import InferenceAPI
+from service.codecs import explain
+from service.codecs.bodies import decode_job
+from service.codecs.spec import InputSpec
+from service.core.errors import Conflict, InvalidInput
+from service.core.job import Job
+from service.core.settings import Settings
+from service.engine.worker import InferenceAPI
 
 SPEC = InputSpec(features=("a", "b"), max_rows=10, classes=("x", "y", "z"))
 

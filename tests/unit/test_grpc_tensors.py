@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from service.errors import (
+from service.codecs.spec import InputSpec
+from service.core.errors import (
     BadRequest,
     DeadlineExceeded,
     InvalidInput,
@@ -16,8 +17,7 @@ from service.errors import (
     ServiceError,
     Unauthorized,
 )
-from service.grpc_api import status, tensors
-from service.instances import InputSpec
+from service.grpc import status_codes, tensors
 
 SPEC = InputSpec(features=("a", "b"), max_rows=10)
 X = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
@@ -78,9 +78,12 @@ def test_timeout_and_outputs():
         (PayloadTooLarge("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (Unauthorized("x"), grpc.StatusCode.UNAUTHENTICATED),
         (DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
-        (status.Answered(503, b'{"error": "x", "reason": "deadline_exceeded"}', 1), grpc.StatusCode.DEADLINE_EXCEEDED),
-        (status.Answered(500, b'{"error": "x", "reason": "inference_error"}', None), grpc.StatusCode.INTERNAL),
+        (
+            status_codes.Answered(503, b'{"error": "x", "reason": "deadline_exceeded"}', 1),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ),
+        (status_codes.Answered(500, b'{"error": "x", "reason": "inference_error"}', None), grpc.StatusCode.INTERNAL),
     ],
 )
 def test_errors_map_to_tritons_status_codes(error, code):
-    assert status.code_for(error) == code
+    assert status_codes.code_for(error) == code

@@ -5,9 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import bulk_json
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge
-from service.instances import InputSpec, decode_instances
+from service.codecs import bulk_json
+from service.codecs.instances import decode_instances
+from service.codecs.spec import InputSpec
+from service.core.errors import BadRequest, InvalidInput, PayloadTooLarge
 
 SPEC = InputSpec(features=("a", "b", "c"), max_rows=5)
 

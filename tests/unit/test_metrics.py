@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from bundle.manifest import ScalerParams
-from service import metrics
+from service.core import metrics
 from tests.metrics_text import Scrape
 
 BOUNDED_LABELS = {"model", "version", "endpoint", "code", "reason", "label", "feature", "provider", "action"}

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import bulk_json, oip
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
-from service.instances import InputSpec
+from service.codecs import bulk_json, oip
+from service.codecs.spec import InputSpec
+from service.core.errors import BadRequest, PayloadTooLarge, ServiceError
 
 SPEC = InputSpec(features=("a", "b"), max_rows=4)
 X = np.array([[1.5, -2], [3, 4]], dtype=np.float32)

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def test_port_comes_from_tabserve_port_then_port_then_the_default(monkeypatch, tmp_path):

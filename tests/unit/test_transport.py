@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from service.dispatch import Dispatcher
-from service.errors import WorkerUnavailable
-from service.transport import PIPE_BYTES, FrameReader, Wiring
+from service.core.errors import WorkerUnavailable
+from service.engine.dispatch import Dispatcher
+from service.engine.links import PIPE_BYTES, FrameReader, Wiring
 
 
 def frame(item) -> bytes:
@@ -122,7 +122,7 @@ def test_a_dead_worker_fails_what_it_held_at_once_and_its_replacement_starts_cle
 
 
 def test_a_replaced_http_process_sees_neither_its_predecessors_answers_nor_its_half_written_request():
-    """What the monitor does when an HTTP process dies (service/transport.py `Wiring`): bump its epoch; the worker
+    """What the monitor does when an HTTP process dies (service/engine/links.py `Wiring`): bump its epoch; the worker
     discards the fragment, the replacement discards the answers meant for its predecessor, then they talk."""
     wiring = Wiring(1, 1)
     link = wiring.links[0][0]
