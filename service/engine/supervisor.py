@@ -125,7 +125,7 @@ class PipeLitServer(ls.LitServer):
         makes its main thread, so uvicorn's signal handlers install as usual.
         """
         port, log_level, sockets, kwargs = self._http_process_args
-        self.app.response_queue_id = index  # read by the child (service/rest/fastpath.py Gateway.start)
+        self.app.response_queue_id = index  # read by the child (service/dataplane/gateway.py Gateway.start)
         app = copy.copy(self.app)
         self._prepare_app_run(app)
         config = uvicorn.Config(app=self.outermost(app), host="0.0.0.0", port=port, log_level=log_level,

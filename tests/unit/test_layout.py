@@ -39,4 +39,3 @@ def relative_links(page: Path) -> list[str]:
 def test_every_relative_link_resolves(page):
     broken = [target for target in relative_links(page) if not (page.parent / target.split("#")[0]).exists()]
     assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"
-
