@@ -266,7 +266,7 @@ def bench_server(name: str, scenarios: list[Scenario], ctx: dict, log: Clock) ->
 def bench_alternating(ctx: dict, log: Clock) -> list[Row]:
     """c=1 with FastAPI + ORT and tabserve up together, in alternating turns of one keep-alive connection.
 
-    A one-row request's p50 on this shared VM moves by half from one minute to the next (README, Performance),
+    A one-row request's p50 on this shared VM moves by half from one minute to the next (docs/performance.md),
     and the main run measures each server in its own minutes: its c=1 ratio says partly which minutes each server
     drew. Here each turn of one server is next to a turn of the other (the idle one costs about 1 % of a core), and
     a server's p50 is the median of its turns', so a slow minute lands on both. The c=1 bar reads these rows."""

@@ -123,6 +123,23 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def interrupted(message: str) -> int:
+    """Report a Ctrl-C that was handled, and make sure the process then exits with 130, not by SIGINT.
+
+    CPython remembers a KeyboardInterrupt that propagated out of any `exec()` or `eval()` of a string, even when
+    the program catches it later; `python -m` then ends by re-raising SIGINT at itself after a clean shutdown
+    (`_Py_UnhandledKeyboardInterrupt`, `exit_sigint` in Modules/main.c), so the caller sees a death by signal
+    (-2) instead of our exit code. `dataclasses` and `typing` build code from strings, so a Ctrl-C that lands
+    while a module defining dataclasses is first imported sets that record: exporting the model imports
+    torch.onnx's exporter, and a third of the Ctrl-Cs sent 110-120 ms into an export died by SIGINT here.
+    A string `exec` that ends normally resets the record (CPython resets it at every such call), and this one
+    runs only after the interrupt was handled, so a genuinely unhandled second Ctrl-C still ends by SIGINT.
+    """
+    exec("pass")  # clears _Py_UnhandledKeyboardInterrupt: see the docstring
+    print(message, file=sys.stderr)
+    return INTERRUPTED
+
+
 def _train(args: argparse.Namespace) -> int:
     from training import pipeline  # torch is imported only for commands that need it
 
@@ -139,12 +156,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         folder, manifest = pipeline.train(config, args.repository, workdir, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(
+        return interrupted(
             f"\ninterrupted; continue with: python -m training train --name {config.name} --resume"
-            + (f" --workdir {workdir}" if args.workdir else ""),
-            file=sys.stderr,
+            + (f" --workdir {workdir}" if args.workdir else "")
         )
-        return INTERRUPTED
     metrics = manifest.metrics
     print(
         f"published {folder} — test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
@@ -171,6 +186,8 @@ def _retrain(args: argparse.Namespace) -> int:
         print(e.comparison.table())
         print(f"not published: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        return interrupted("\ninterrupted; run the retrain again (a version is published whole or not at all)")
     print(comparison.table())
     print(f"published {folder}: it now answers {manifest.name} requests that name no version")
     return 0

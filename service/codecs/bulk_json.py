@@ -1,7 +1,7 @@
 """Large JSON bodies of numbers straight into numpy, through simdjson: no Python object per value.
 
 Parsing 1000 rows of 64 features with orjson, then handing the nested lists to numpy, made up two thirds of the
-HTTP process's time on bulk requests (README, Performance); simdjson validates the same text and writes every
+HTTP process's time on bulk requests (docs/performance.md); simdjson validates the same text and writes every
 value into one flat C buffer. Each function here returns None for anything it cannot prove to be read exactly
 as the exact path reads it: the exact path then takes the body, and says what is wrong with it if anything is.
 Each thread reuses one parser for bodies up to `REUSE_BYTES` (a fresh parser per body spent more time allocating

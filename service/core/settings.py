@@ -18,7 +18,7 @@ def default_http_processes() -> int:
 
     An HTTP process parses, validates and answers its requests on one core, and with a single one that core
     caps the server while the workers wait: on the 2-core development machine two HTTP processes served 1.4×
-    the single-row requests of one at c=16 and 2.4× the 1000-row ones (README, Performance).
+    the single-row requests of one at c=16 and 2.4× the 1000-row ones (docs/performance.md).
     """
     return max(1, min(8, cpus.usable()))
 
@@ -27,10 +27,10 @@ def default_workers(device: str) -> int:
     """Half the CPUs this process may use (at least 1, at most 8); 1 (per GPU) where the workers run on CUDA.
 
     Bulk requests are bound by the workers: a 1000-row JSON request cost a worker about as much CPU as the HTTP
-    process that decoded it (3.2-3.4 ms against 3.6 ms here; README, Sizing), and a worker runs ONNX Runtime on
+    process that decoded it (3.2-3.4 ms against 3.6 ms here; docs/serving.md, Sizing), and a worker runs ONNX Runtime on
     one thread. One worker, whatever the machine, would cap a many-core server's bulk inference at one core; one
     per two CPUs keeps both sides of a bulk request about equally served. On this 2-core development machine
-    that is 1, the count every figure in the README was measured with. On CUDA each worker would hold a CUDA
+    that is 1, the count every figure in docs/performance.md was measured with. On CUDA each worker would hold a CUDA
     context of its own, and one per device keeps the GPU busy.
     """
     if device != "cpu":
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
 
     workers: int | None = Field(None, ge=1, le=64)
     """Inference worker processes (per GPU on CUDA); each holds its own ONNX Runtime sessions of every model.
-    Default: one per two CPUs this process may use (at least 1, at most 8), 1 on CUDA (README, Sizing)."""
+    Default: one per two CPUs this process may use (at least 1, at most 8), 1 on CUDA (docs/serving.md, Sizing)."""
 
     http_processes: int | None = Field(None, ge=1, le=64)
     """HTTP processes (LitServe's API servers) sharing the listening sockets, each with its own pipes to every

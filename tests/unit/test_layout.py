@@ -39,3 +39,8 @@ def relative_links(page: Path) -> list[str]:
 def test_every_relative_link_resolves(page):
     broken = [target for target in relative_links(page) if not (page.parent / target.split("#")[0]).exists()]
     assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"
+
+
+def test_the_link_check_reads_links():
+    """Guards the check above: a page with links gives them, so an empty result is not a silent pass."""
+    assert "docs/architecture.md" in relative_links(ROOT / "README.md")
