@@ -88,7 +88,7 @@ class Call:
 
     def __exit__(self, *exc) -> None:
         metrics.requests_in_flight.dec()
-        name, version = (self.model.name, str(self.model.version)) if self.model else ("", "")
+        name, version = self.model_name, str(self.model.version) if self.model else ""
         metrics.requests_total.labels(name, version, self.endpoint, str(self.status)).inc()
         metrics.request_duration_seconds.labels(name, self.endpoint).observe(time.perf_counter() - self.start)
 

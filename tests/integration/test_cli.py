@@ -119,8 +119,7 @@ def interrupt_then_resume(tmp_path, ready) -> int:
     _, stderr = interrupted.communicate(timeout=60)
     assert interrupted.returncode == 130, stderr  # an exit code, not a death by SIGINT (training/cli.py)
     assert "--resume" in stderr and "Traceback" not in stderr
-    published = tmp_path / "b" / "digits" / "1"
-    assert not published.exists()  # nothing published by an interrupted run (not even while exporting)
+    assert not (tmp_path / "b" / "digits" / "1").exists()  # nothing published by an interrupted run, even mid-export
     stopped_at = last_epoch(workdir / "last.pt")
     resumed = run_cli("train", "--name", "digits", "--resume", "--workdir", str(workdir),
                       "--repository", str(tmp_path / "b"), "--quiet")  # fmt: skip
