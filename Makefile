@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
 	podman:podman+containernetworking-plugins runc:runc catatonit:catatonit mmdebstrap:mmdebstrap \
-	podman-compose:podman-compose
+	podman-compose:podman-compose pg_ctlcluster:postgresql
 tools:
 	@missing="$$(for p in $(APT_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p##*:} | tr + '\n'; done | sort -u)"; \
 	if [ -n "$$missing" ]; then \

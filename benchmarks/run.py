@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import grpc_load, model, report
+from benchmarks import costs, grpc_load, model, report
 from benchmarks.loadgen import Load, Stats, drive, drive_one_connection, hey_available
 from benchmarks.procs import (
     NotAvailable,
@@ -379,6 +379,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def context(repository: Path, duration: float) -> dict:
+    """What every measurement needs: the model (trained into `repository` if absent), its expected answers."""
+    repository = repository.resolve()
+    model_dir = model.ensure_model(repository)
+    return {
+        "model_dir": model_dir,
+        "repository": repository,
+        "duration": duration,
+        "logs": model.CACHE / "logs",
+        "classes": load_classes(model_dir),
+        "expected": {n: expected_probabilities(model_dir, n) for n in {1, 1000}},
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     log = Clock()
     repository = args.repository.resolve()
@@ -388,19 +402,15 @@ def run(args: argparse.Namespace) -> int:
     alternating = all(name in plan for name in ALTERNATING)
     expected_s = n_scenarios * args.duration + IN_PROCESS_SECONDS + OVERHEAD_PER_SERVER * len(plan)
     expected_s += alternating * (2 * ALTERNATING_TURNS * args.duration / 4 + 2 * OVERHEAD_PER_SERVER)
+    if report.TABSERVE in plan:
+        per_cost = (len(c.scenarios) * costs.ROUNDS * args.duration + 2 * OVERHEAD_PER_SERVER for c in costs.COSTS)
+        expected_s += sum(per_cost)
     worst_s = expected_s + (len(plan) + 2 * alternating) * STARTUP_TIMEOUT + n_scenarios * 60
     log(
         f"model {model_dir}; {len(plan)} servers, {n_scenarios} scenarios of {args.duration:g} s: "
         f"expect about {expected_s:.0f} s (at most {worst_s:.0f} s)"
     )
-    ctx = {
-        "model_dir": model_dir,
-        "repository": repository,
-        "duration": args.duration,
-        "logs": model.CACHE / "logs",
-        "classes": load_classes(model_dir),
-        "expected": {n: expected_probabilities(model_dir, n) for n in {1, 1000}},
-    }
+    ctx = context(repository, args.duration)
 
     log(f"onnxruntime: {IN_PROCESS_1000}, one thread, {IN_PROCESS_SECONDS:g} s …")
     ort_rows = model.in_process_rows_per_second(model_dir, 1000, IN_PROCESS_SECONDS)
@@ -412,9 +422,11 @@ def run(args: argparse.Namespace) -> int:
         rows.extend(server_rows)
     if alternating:
         rows.extend(bench_alternating(ctx, log))
+    cost_rows, cost_bars = costs.run_all(ctx, log) if report.TABSERVE in plan else ([], [])
     rows.append(rows.pop(0))  # the in-process ceiling last, under the servers
+    rows.extend(cost_rows)
 
-    bars = report.bars(rows)
+    bars = report.bars(rows) + cost_bars
     print()
     print(report.table(rows))
     print(report.LEGEND)

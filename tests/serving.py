@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +70,7 @@ def republish(
 
 
 class Server:
-    def __init__(self, repo: Path, *flags: str, log_level: str = "info"):
+    def __init__(self, repo: Path, *flags: str, log_level: str = "info", env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Never the default 8001: gRPC binds with SO_REUSEPORT, so servers of parallel test runs would share it.
@@ -79,9 +80,13 @@ class Server:
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"tabserve-test-{self.port}.log"
         command = [sys.executable, "-m", "service", "--repository", str(repo), "--port", str(self.port),
                    "--log-level", log_level, *flags]  # fmt: skip
+        # Each server its own state folder (the SQLite prediction log), unless the test names one.
+        env = env or {}
+        self.state_dir = Path(env.get("TABSERVE_STATE_DIR") or tempfile.mkdtemp(prefix=f"tabserve-state-{self.port}-"))
+        env = {**os.environ, "TABSERVE_STATE_DIR": str(self.state_dir), **env}
         with open(self.log, "w") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         self.wait_ready()
 

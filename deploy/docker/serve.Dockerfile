@@ -21,13 +21,14 @@ RUN /opt/venv/bin/pip install --no-deps .
 
 FROM ${BASE_IMAGE}
 RUN useradd --system --uid 10001 --create-home --home-dir /home/tabserve tabserve \
-    && mkdir /models && chown tabserve /models
+    && mkdir /models /state && chown tabserve /models /state
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=tabserve models/ /models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TABSERVE_HOST=0.0.0.0 \
-    TABSERVE_REPOSITORY=/models
+    TABSERVE_REPOSITORY=/models \
+    TABSERVE_STATE_DIR=/state
 USER 10001
 WORKDIR /home/tabserve
 # Port 8000 unless TABSERVE_PORT (or, with no TABSERVE_PORT, PORT: KServe, Cloud Run) says otherwise; the Open

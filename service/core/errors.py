@@ -90,6 +90,13 @@ class Conflict(ServiceError):
     reason = "conflict"
 
 
+class UnknownRequest(ServiceError):
+    """Feedback for a request id the prediction log does not hold (never answered, not sampled, past retention)."""
+
+    status = 404
+    reason = "unknown_request"
+
+
 class ModelNotReady(ServiceError):
     status = 503
     reason = "model_not_ready"

@@ -34,6 +34,7 @@ class Job(NamedTuple):
     body: bytes | None = None  # the raw request body, until decoded (large bodies are decoded by the worker)
     header_length: str | None = None  # OIP binary extension: Inference-Header-Content-Length
     target: int | None = None  # "explain" jobs: the class index named in the body, besides the predicted class
+    protocol: str = "rest"  # the front-end it came by ("rest" or "grpc"), for the prediction log
 
     @property
     def rows(self) -> int:

@@ -130,6 +130,64 @@ build_info = Gauge(
     "tabserve_build_info", "1, labelled with the tabserve version.", ["version"], multiprocess_mode="max"
 )
 
+prediction_log_rows_total = Counter(
+    "tabserve_prediction_log_rows_total", "Predicted rows written to the prediction log (service/predictions)."
+)
+prediction_log_dropped_total = Counter(
+    "tabserve_prediction_log_dropped_total",
+    "Predicted rows not written to the prediction log, by reason: buffer_full (the database was slow or "
+    "unreachable and the process's buffer full), unwritable (a bug, logged).",
+    ["reason"],
+)
+prediction_log_pending_rows = Gauge(
+    "tabserve_prediction_log_pending_rows",
+    "Rows waiting in the processes' buffers for the prediction log's database.",
+    multiprocess_mode="livesum",
+)
+feedback_requests_total = Counter(
+    "tabserve_feedback_requests_total", "Feedback calls answered, by model and HTTP status code.", ["model", "code"]
+)
+feedback_rows_total = Counter(
+    "tabserve_feedback_rows_total", "Predicted rows that received a label, by the version that answered them.",
+    ["model", "version"],
+)  # fmt: skip
+feedback_correct_total = Counter(
+    "tabserve_feedback_correct_total", "Labelled rows whose predicted label was right.", ["model", "version"]
+)
+feedback_log_loss_total = Counter(
+    "tabserve_feedback_log_loss_total",
+    "Sum over labelled rows of -ln(probability of the true label): ÷ feedback_rows is the live log-loss.",
+    ["model", "version"],
+)
+feedback_brier_total = Counter(
+    "tabserve_feedback_brier_total",
+    "Sum over labelled rows of the Brier score (squared distance of the probabilities from the one-hot label).",
+    ["model", "version"],
+)
+feedback_confusion_total = Counter(
+    "tabserve_feedback_confusion_total",
+    "Labelled rows by true label and predicted label.",
+    ["model", "version", "label", "predicted"],
+)
+FEEDBACK_SCORES = (feedback_rows_total, feedback_correct_total, feedback_log_loss_total, feedback_brier_total)
+feedback_delay_seconds = Histogram(
+    "tabserve_feedback_delay_seconds",
+    "Time from a prediction to its label's arrival.",
+    ["model"],
+    buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400),
+)
+offline_accuracy = Gauge(
+    "tabserve_offline_accuracy",
+    "Test-split accuracy of each loaded version, from its manifest, with the test split's size: what live "
+    "accuracy is compared with.",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+offline_test_rows = Gauge(
+    "tabserve_offline_test_rows", "Rows in each loaded version's test split.", ["model", "version"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+
 
 class VersionSignals:
     """A worker's metrics for one loaded version: label children resolved once, drift bounds precomputed.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class PredictRequest(BaseModel):
@@ -172,3 +172,30 @@ class OipInferResponse(BaseModel):
     model_version: str
     id: str
     outputs: list[OipTensor]
+
+
+class Feedback(BaseModel):
+    """The true labels of one answered request, in the order of its rows."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(
+        min_length=1, max_length=256, description="The answer's `X-Request-ID` (sent by the client or generated)."
+    )
+    labels: list[str | int | None] = Field(
+        description="One per row of that request, in order: a class label (a number matches the class of the same "
+        "text), or null to leave a row unlabelled.",
+        examples=[["setosa"]],
+    )
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[Feedback] = Field(min_length=1, max_length=10_000, description="Several requests' labels at once.")
+
+
+class FeedbackRequest(RootModel[Feedback | FeedbackBatch]):
+    """One request's labels, or a batch of them (`{"feedback": [...]}`)."""
+
+
+class FeedbackResponse(BaseModel):
+    matched: int = Field(description="Labelled rows matched to their predictions (a repeated identical call: again).")

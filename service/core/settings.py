@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bundle import cpus
+from service.core.log_policy import LogPolicy
 
 
 def default_http_processes() -> int:
@@ -146,6 +147,26 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    state_dir: Path = Path(".tabserve")
+    """Folder for what the server writes (the SQLite prediction log); not the model repository, which may be
+    mounted read-only. Created when first needed."""
+
+    prediction_log: str = "sqlite://"
+    """Where every answered request is recorded, for feedback and retraining (docs/production-loop.md):
+    `sqlite:///PATH`, `sqlite://` (the state folder's predictions.db), `postgresql://USER@HOST/DB` (shared by
+    replicas) or `off`. A slow or dead database never fails or delays a request: see prediction_log_buffer_rows."""
+
+    prediction_log_sample: str = "1"
+    """Share of requests logged: `1`, `0.1`, or per model `digits=0.05,*=1` (decided by the request id)."""
+
+    prediction_log_retention: str = "30d,10000000rows"
+    """How long records are kept: an age (`30d`, `12h`), a count of predicted rows (`5000000rows`), both, or
+    `none`; enforced in the background once a minute."""
+
+    prediction_log_buffer_rows: int = Field(200_000, ge=1)
+    """Rows each process may hold for the log while the database is slow or unreachable; beyond them rows are
+    dropped and counted (`tabserve_prediction_log_dropped_total`), and writing resumes when the database is back."""
+
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
@@ -177,6 +198,18 @@ class Settings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"{str(value)!r} is not a directory")
         return value.resolve()
+
+    @model_validator(mode="after")
+    def _log_policy(self) -> Settings:
+        self.log_policy  # noqa: B018 (raises ValueError on a bad URL, rate or retention)
+        return self
+
+    @property
+    def log_policy(self) -> LogPolicy:
+        return LogPolicy.from_settings(
+            self.prediction_log, self.state_dir, self.prediction_log_sample, self.prediction_log_retention,
+            self.prediction_log_buffer_rows,
+        )  # fmt: skip
 
     @model_validator(mode="after")
     def _workers(self) -> Settings:

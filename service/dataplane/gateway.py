@@ -40,6 +40,7 @@ from service.engine.dispatch import Dispatcher
 from service.models import control
 from service.models.registry import ModelVersion, Registry
 from service.models.reload import Reloader
+from service.predictions.feedback import FeedbackDesk
 
 ANSWER_GRACE = 60.0
 """Seconds past its deadline a request waits for the worker's answer before giving up: the job may have started
@@ -105,6 +106,7 @@ class Gateway:
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
     inline: InlineLane | None = None
+    feedback: FeedbackDesk | None = None  # labels for logged answers (service/predictions/feedback.py)
     front_ends: list[FrontEnd] = field(default_factory=list)
     replacement: bool = False  # this HTTP process replaced one that died (set at start)
     _stops: list[Stop] = field(default_factory=list)
@@ -130,6 +132,7 @@ class Gateway:
         # A replacement (service/engine/supervisor.py) was forked from the main process's registry as it was at startup.
         self.replacement = server.wiring.epochs[index] > 0
         self.reloader.start(look_now=self.replacement)
+        self.feedback = FeedbackDesk(settings.log_policy)
         if InlineLane.wanted(settings):
             self.inline = InlineLane(settings)
             self.inline.follow(self.reloader.generation)
@@ -185,8 +188,9 @@ class Gateway:
     def job(self, call: Call, kind: str, features=None, infer=None, body=None, header_length=None) -> Job:
         """The prepared request as work for a worker (rows decoded, or a raw body the worker decodes)."""
         model = call.model
+        protocol = "grpc" if call.endpoint.startswith("grpc") else "rest"
         return Job(kind, model.name, model.version, features, call.request_id, infer, self.reloader.generation,
-                   call.arrival, call.deadline, body, header_length)  # fmt: skip
+                   call.arrival, call.deadline, body, header_length, protocol=protocol)  # fmt: skip
 
     def answer_inline(self, job: Job) -> tuple[int, bytes, list] | None:
         """The inline lane's answer (service/dataplane/inline.py) when `job` is an HTTP request it takes, else None."""

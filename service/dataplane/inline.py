@@ -25,6 +25,7 @@ from service.core.job import Job
 from service.core.settings import Settings
 from service.engine.worker import InferenceAPI
 from service.models.registry import Registry, providers_for
+from service.predictions.writer import PredictionLog
 
 log = logging.getLogger("tabserve.inline")
 
@@ -39,6 +40,7 @@ class InlineLane:
             settings.repository, "cpu", settings.max_rows_per_request, settings.default_model, sessions=True
         )
         self.api.generation = -1  # nothing loaded yet: no job is taken before the first `follow`
+        self.api.prediction_log = PredictionLog.open(settings.log_policy)  # answers here are logged too
         self._loading: asyncio.Task | None = None
 
     @staticmethod

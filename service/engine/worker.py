@@ -23,6 +23,7 @@ from service.core.job import Job
 from service.core.settings import Settings
 from service.engine.batching import NoWaitBatchedLoop, plan_calls, run_calls
 from service.models.registry import Registry
+from service.predictions.writer import PredictionLog
 
 log = logging.getLogger("tabserve.worker")
 
@@ -46,6 +47,7 @@ class InferenceAPI(ls.LitAPI):
         self.registry: Registry | None = None
         self.signals: dict[tuple[str, int], metrics.VersionSignals] = {}
         self.generation = 0  # of the HTTP process's registry that this worker has caught up with
+        self.prediction_log: PredictionLog | None = None  # where answered rows are recorded (service/predictions)
 
     def setup(self, device) -> None:
         s = self.settings
@@ -55,6 +57,7 @@ class InferenceAPI(ls.LitAPI):
             if entry.reason_code == "session_error":  # only workers open sessions; the rest is counted at startup
                 metrics.model_load_failures_total.labels(entry.name, entry.reason_code).inc()
         self.count_from_zero()
+        self.prediction_log = PredictionLog.open(s.log_policy)
         gc.freeze()  # long-lived from here on: keep full collections (and their pauses) small
 
     def count_from_zero(self) -> None:
@@ -123,6 +126,9 @@ class InferenceAPI(ls.LitAPI):
         for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
                 signals.queue.observe(queue_seconds[index])
+            if self.prediction_log is not None and job.kind != "explain" and isinstance(result, np.ndarray):
+                manifest = self.registry.get(job.model, job.version).manifest
+                self.prediction_log.record(job, result, manifest.classes, manifest.features)
             answers[index] = self._encode(job, result)
         return answers
 

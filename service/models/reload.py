@@ -89,6 +89,11 @@ class Reloader:
             metrics.model_info.labels(name, str(version), provider).set(1)
             for label, share in entry.manifest.class_prior.items():
                 metrics.class_prior.labels(name, str(version), label).set(share)
+            for counter in metrics.FEEDBACK_SCORES:  # from 0 (not from the first label): rate() sees the first ones
+                counter.labels(name, str(version))
+            if "accuracy" in entry.manifest.metrics:  # what live accuracy is compared with (deploy/prometheus)
+                metrics.offline_accuracy.labels(name, str(version)).set(entry.manifest.metrics["accuracy"])
+                metrics.offline_test_rows.labels(name, str(version)).set(entry.manifest.dataset.split.get("test", 0))
         self._published = set(ready)
         served = self._served()
         for name in self.registry.models:

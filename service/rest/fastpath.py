@@ -142,7 +142,7 @@ class FastPath:
         if kind == "explain":
             require_explanation(model.name, model.version, model.manifest)
         header_length = headers.get(oip.HEADER_LENGTH.encode())
-        _check_content_type(headers, binary_allowed=header_length is not None)
+        check_content_type(headers, binary_allowed=header_length is not None)
         declared = _declared_length(headers, settings.max_body_bytes)
         with gateway.admission.body(declared) as reservation:
             if declared > DECODE_INLINE_BYTES:  # small bodies are checked when queued; big ones before reading
@@ -192,7 +192,7 @@ def _declared_length(headers: dict, limit: int | None) -> int:
     return int(declared)
 
 
-def _check_content_type(headers: dict, binary_allowed: bool) -> None:
+def check_content_type(headers: dict, binary_allowed: bool) -> None:
     content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     allowed = {b"", b"application/json"} | ({b"application/octet-stream"} if binary_allowed else set())
     if content_type not in allowed:

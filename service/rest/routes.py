@@ -15,10 +15,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core import metrics, schemas
-from service.core.errors import NOT_READY, ServiceError
+from service.core.errors import NOT_READY, ServiceError, Unavailable
 from service.dataplane import metadata
 from service.dataplane.gateway import Gateway, parse_version
-from service.rest import openapi, repository
+from service.rest import feedback, openapi, repository
 from service.rest.openapi import ERRORS, PLAIN_503
 
 
@@ -30,7 +30,10 @@ def register(app: FastAPI, gateway: Gateway) -> None:
     _register_open_inference_protocol(app, gateway)
     openapi.register_infer_operations(app)
     repository.register(app, gateway, ERRORS)  # the OIP repository extension
-    openapi.complete(app, gateway, (schemas.PredictRequest, schemas.ExplainRequest, schemas.OipInferRequest))
+    feedback.register(app, gateway)
+    openapi.complete(
+        app, gateway, (schemas.PredictRequest, schemas.ExplainRequest, schemas.OipInferRequest, schemas.FeedbackRequest)
+    )
 
 
 def _register_error_handlers(app: FastAPI) -> None:
@@ -38,7 +41,8 @@ def _register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
+        headers = {"retry-after": str(error.retry_after)} if isinstance(error, Unavailable) else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

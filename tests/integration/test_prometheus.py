@@ -125,14 +125,23 @@ def observed(repo, tmp_path_factory):
 
         reject()  # a counter's first sample is its baseline: let Prometheus see it before it grows
         prometheus.wait(lambda: prometheus.value("sum(tabserve_input_rejected_total)") == 1, "seeing a rejection")
-        for _ in range(40):
-            httpx.post(predict, json=seven, timeout=30).raise_for_status()
+        predicted = []
+        for i in range(40):
+            answer = httpx.post(predict, json=seven, headers={"x-request-id": f"seven-{i}"}, timeout=30)
+            predicted += [p["label"] for p in answer.raise_for_status().json()["predictions"]]
         reject()
+        # The true labels of the first 10 requests (70 rows), all "virginica": live accuracy is the share of
+        # those rows predicted virginica.
+        feedback = {"feedback": [{"request_id": f"seven-{i}", "labels": ["virginica"] * 7} for i in range(10)]}
+        matched = httpx.post(server.url + "/v1/models/iris/feedback", json=feedback, timeout=30).json()["matched"]
+        assert matched == 70
+        prometheus.live_accuracy = predicted[:70].count("virginica") / 70
         reject()
         prometheus.wait(
             lambda: (
                 prometheus.value('sum(tabserve_rows_total{model="iris"})') == 280
                 and prometheus.value('sum(tabserve_requests_total{model="iris"})') == 43
+                and prometheus.value('sum(tabserve_feedback_rows_total{model="iris"})') == 70
             ),
             "showing all requests",
         )
@@ -163,7 +172,7 @@ def test_rate_and_histogram_quantile_return_the_expected_values(observed):
 def test_rules_evaluate_on_real_data(observed):
     groups = httpx.get(observed.url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 15
+    assert len(rules) == 20
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     observed.wait(lambda: observed.query('tabserve:requests:rate5m{model="iris", code="200"}'), "recording")
     assert 0 < observed.value('tabserve:input_rejected:ratio5m{model="iris"}') < 1
@@ -174,6 +183,9 @@ def test_rules_evaluate_on_real_data(observed):
         for a in httpx.get(observed.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
     }
     assert not alerts & {"TabserveDown", "TabserveNoReadyModel", "TabserveCrashLooping"}
+    live = observed.value('tabserve:feedback_accuracy:ratio6h{model="iris", version="2"}')
+    assert live == pytest.approx(observed.live_accuracy)  # the labels sent, as a real Prometheus computes them
+    assert 0 < observed.value('tabserve:feedback_accuracy:margin6h{model="iris", version="2"}') < 1
 
 
 def panel_queries() -> list[str]:

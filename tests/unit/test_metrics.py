@@ -13,14 +13,25 @@ from bundle.manifest import ScalerParams
 from service.core import metrics
 from tests.metrics_text import Scrape
 
-BOUNDED_LABELS = {"model", "version", "endpoint", "code", "reason", "label", "feature", "provider", "action"}
+BOUNDED_LABELS = {
+    "model",
+    "version",
+    "endpoint",
+    "code",
+    "reason",
+    "label",
+    "predicted",
+    "feature",
+    "provider",
+    "action",
+}
 """Label names whose values come from the repository, manifests or fixed code lists, never from request data."""
 
 ALL = [m for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Histogram)]
 
 
 def test_every_metric_is_named_by_convention():
-    assert len(ALL) == 19
+    assert len(ALL) == 31
     for metric in ALL:
         assert metric._name.startswith("tabserve_"), metric._name
         assert set(metric._labelnames) <= BOUNDED_LABELS, (metric._name, metric._labelnames)

@@ -1,0 +1,145 @@
+"""Cost bars: what one of tabserve's features costs, measured against tabserve without it, in the same run.
+
+For each feature both servers are up together (an idle one costs about 1 % of a core), and turns of each scenario
+alternate between them, `ROUNDS` times; a server's figure is the median of its turns, so a slow minute of this
+shared machine lands on both. The bar is the ratio with ÷ without. `make bench` runs them after the main table;
+`python -m benchmarks.costs [--duration S] [--only NAME]` runs them alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from benchmarks import model, report
+from benchmarks.loadgen import Stats, drive, drive_one_connection
+from benchmarks.procs import NotAvailable, cpu_seconds_between, free_port, running, tree_cpu_ticks
+from benchmarks.report import C1, C16, JSON_1000, Bar, Row
+
+ROUNDS = 3
+"""Turns per server and scenario, each half a scenario's duration."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    name: str
+    on: tuple[str, ...]  # tabserve's flags with the feature
+    off: tuple[str, ...]  # and without it
+    scenarios: tuple[str, ...]
+    bar: float  # with ÷ without: rps at least this (throughput), or p50 at most this (latency, at c=1)
+
+
+COSTS = (
+    Cost("prediction log (SQLite)", (), ("--prediction-log", "off"), (C16, JSON_1000), 0.85),
+)  # fmt: skip
+SCENARIO_SHAPES = {C1: (1, 1), C16: (1, 16), JSON_1000: (1000, 4)}
+
+
+def measure(cost: Cost, ctx: dict, log) -> tuple[list[Row], list[Bar]]:
+    """Both variants up together, turns alternating; rows named `tabserve [name: on|off]`, one bar per scenario."""
+    from benchmarks.run import SPECS, Scenario, make_load, preflight, server_command  # the main harness's
+
+    spec, turn = SPECS[report.TABSERVE], ctx["duration"] / 2
+    names = {"on": f"{report.TABSERVE} [{cost.name}: on]", "off": f"{report.TABSERVE} [{cost.name}: off]"}
+    turns: dict[tuple[str, str], list[Stats]] = {}
+    cpu: dict[tuple[str, str], float] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for variant, flags in (("on", cost.on), ("off", cost.off)):
+                port, state = free_port(), stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-state-"))
+                command = server_command(report.TABSERVE, port, ctx["model_dir"], ctx["repository"], free_port())
+                command += ["--state-dir", state, *flags]
+                log_file = ctx["logs"] / f"cost-{variant}.log"
+                process = stack.enter_context(running(command, f"http://127.0.0.1:{port}{spec.ready}", log_file, 90,
+                                                      model.ROOT))  # fmt: skip
+                servers[variant] = (process, f"http://127.0.0.1:{port}")
+            time.sleep(1.0)
+            for scenario in cost.scenarios:
+                rows, concurrency = SCENARIO_SHAPES[scenario]
+                loads = {}
+                for variant, (_, base) in servers.items():
+                    loads[variant] = make_load(spec, base, Scenario(scenario, rows, concurrency))
+                    if problem := preflight(loads[variant], ctx["expected"][rows], ctx["classes"]):
+                        raise RuntimeError(f"{names[variant]}: check request failed: {problem}")
+                log(f"cost of {cost.name}: {scenario}, {ROUNDS} turns of {turn:g} s each, on and off alternating …")
+                for _ in range(ROUNDS):
+                    for variant, load in loads.items():
+                        process = servers[variant][0]
+                        before = tree_cpu_ticks(process.pid)
+                        stats = (drive_one_connection if concurrency == 1 else drive)(load, turn)
+                        turns.setdefault((variant, scenario), []).append(stats)
+                        spent = cpu_seconds_between(before, tree_cpu_ticks(process.pid))
+                        cpu[variant, scenario] = cpu.get((variant, scenario), 0.0) + spent
+    except (NotAvailable, OSError, RuntimeError) as e:
+        log(f"cost of {cost.name}: failed ({e})")
+        return [Row(names["on"], "", note=f"failed: {e}")], [Bar(f"{cost.name}: cost", "N/A", str(e))]
+    return _rows_and_bars(cost, names, turns, cpu, log)
+
+
+def _rows_and_bars(cost: Cost, names: dict, turns: dict, cpu: dict, log) -> tuple[list[Row], list[Bar]]:
+    rows, bars = [], []
+    for scenario in cost.scenarios:
+        figures = {}
+        for variant in ("on", "off"):
+            stats = turns[variant, scenario]
+            answered = sum(s.requests for s in stats)
+            row = Row(
+                names[variant], scenario, statistics.median(s.rps for s in stats),
+                statistics.median(s.p50_ms or 0 for s in stats), statistics.median(s.p99_ms or 0 for s in stats),
+                statistics.median(s.rows_per_second for s in stats), sum(s.errors for s in stats),
+                cpu_ms=1000 * cpu[variant, scenario] / answered if answered else None,
+            )  # fmt: skip
+            rows.append(row)
+            figures[variant] = row
+        on, off = figures["on"], figures["off"]
+        latency = scenario == C1
+        ratio = (on.p50_ms / off.p50_ms) if latency else (on.rps / off.rps if off.rps else 0.0)
+        ok = ratio <= cost.bar if latency else ratio >= cost.bar
+        what = "p50" if latency else "rps"
+        detail = (f"{what} {getattr(on, 'p50_ms' if latency else 'rps'):,.2f} on vs "
+                  f"{getattr(off, 'p50_ms' if latency else 'rps'):,.2f} off = {ratio:.3f}x "
+                  f"(needs {'<=' if latency else '>='} {cost.bar:g}x); CPU per request {report.num(on.cpu_ms, 3)} vs "
+                  f"{report.num(off.cpu_ms, 3)} ms")  # fmt: skip
+        errors = (on.errors or 0) + (off.errors or 0)
+        verdict = "FAIL" if errors else ("PASS" if ok else "FAIL")
+        bars.append(
+            Bar(f"{cost.name}: {scenario} {what} on / off", verdict, detail + (f"; {errors} errors" if errors else ""))
+        )
+        log(f"cost of {cost.name}: {scenario}: {detail}")
+    return rows, bars
+
+
+def run_all(ctx: dict, log, only: str | None = None) -> tuple[list[Row], list[Bar]]:
+    rows, bars = [], []
+    for cost in COSTS:
+        if only is None or only == cost.name:
+            r, b = measure(cost, ctx, log)
+            rows += r
+            bars += b
+    return rows, bars
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.run import Clock, context
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.costs", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per scenario and server (8)")
+    parser.add_argument("--only", choices=[c.name for c in COSTS], help="one feature's cost")
+    args = parser.parse_args(argv)
+    log = Clock()
+    rows, bars = run_all(context(model.CACHE / "models", args.duration), log, args.only)
+    print()
+    print(report.table(rows))
+    for bar in bars:
+        print(f"{bar.verdict:<4}  {bar.name}: {bar.detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
