@@ -169,6 +169,11 @@ feedback_confusion_total = Counter(
     "Labelled rows by true label and predicted label.",
     ["model", "version", "label", "predicted"],
 )
+rollout_decisions_total = Counter(
+    "tabserve_rollout_decisions_total",
+    "Rollouts ended, by decision: promoted, rolled_back (automatic, or by hand), stopped.",
+    ["model", "decision"],
+)
 FEEDBACK_SCORES = (feedback_rows_total, feedback_correct_total, feedback_log_loss_total, feedback_brier_total)
 feedback_delay_seconds = Histogram(
     "tabserve_feedback_delay_seconds",

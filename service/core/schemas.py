@@ -199,3 +199,43 @@ class FeedbackRequest(RootModel[Feedback | FeedbackBatch]):
 
 class FeedbackResponse(BaseModel):
     matched: int = Field(description="Labelled rows matched to their predictions (a repeated identical call: again).")
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    challenger: int = Field(ge=1, description="The version to try against the one answering now (the champion).")
+    mode: Literal["canary"] = Field(
+        "canary", description="`canary`: `percent` % of the requests that name no version are answered by it."
+    )
+    percent: float = Field(ge=0, le=100, description="Share of requests, 0 to 100.")
+    auto: bool = Field(True, description="Promote or roll back by itself on the evidence (docs/production-loop.md).")
+
+
+class ArmEvidence(BaseModel):
+    version: int
+    requests: int = Field(description="Answers it gave in this rollout, over every process and replica.")
+    errors: int = Field(description="Of them, 5xx other than 503 (shed load).")
+    p99_ms: float | None
+    labelled: int = Field(description="Rows it answered during the rollout that received a label.")
+    correct: int
+    accuracy: float | None
+
+
+class RolloutEvidence(BaseModel):
+    champion: ArmEvidence
+    challenger: ArmEvidence
+
+
+class RolloutStatus(BaseModel):
+    id: int
+    model: str
+    champion: int
+    challenger: int
+    mode: str
+    percent: float
+    auto: bool
+    state: Literal["running", "promoted", "rolled_back", "stopped"]
+    evidence: RolloutEvidence
+    reason: str | None = Field(description="Why it ended.")
+    started_at: float
+    decided_at: float | None

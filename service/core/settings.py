@@ -167,6 +167,20 @@ class Settings(BaseSettings):
     """Rows each process may hold for the log while the database is slow or unreachable; beyond them rows are
     dropped and counted (`tabserve_prediction_log_dropped_total`), and writing resumes when the database is back."""
 
+    rollout_alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    """An automatic rollout decides on accuracy when the always-valid p-value of the difference falls below this
+    (a sequential test: valid however often it is looked at; docs/production-loop.md)."""
+
+    rollout_min_labels: int = Field(200, ge=1)
+    """Labelled rows each arm needs before an automatic rollout decides on accuracy."""
+
+    rollout_max_error_increase: float = Field(0.02, ge=0.0, le=1.0)
+    """An automatic rollout is rolled back, without waiting for labels, when the challenger's error rate (5xx
+    other than 503) exceeds the champion's by this (after 100 requests per arm)."""
+
+    rollout_max_p99_ratio: float = Field(1.5, ge=1.0)
+    """… or when its p99 latency exceeds this × the champion's (+ 5 ms)."""
+
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:

@@ -40,7 +40,9 @@ from service.engine.dispatch import Dispatcher
 from service.models import control
 from service.models.registry import ModelVersion, Registry
 from service.models.reload import Reloader
+from service.predictions.database import Database
 from service.predictions.feedback import FeedbackDesk
+from service.rollouts.controller import Arm, Rollouts
 
 ANSWER_GRACE = 60.0
 """Seconds past its deadline a request waits for the worker's answer before giving up: the job may have started
@@ -68,7 +70,7 @@ class Call:
     happened: in flight, total by status, latency. A plain class, not a dataclass or a generator context manager:
     it is made for every request, and those cost a few microseconds more each (py-spy at c=64)."""
 
-    __slots__ = ("arrival", "deadline", "endpoint", "model", "request_id", "start", "status")
+    __slots__ = ("arm", "arrival", "deadline", "endpoint", "model", "request_id", "start", "status")
 
     def __init__(self, endpoint: str, request_id: str):
         self.endpoint = endpoint  # the `endpoint` label of the request metrics: predict, explain, infer, grpc_infer
@@ -78,6 +80,7 @@ class Call:
         self.model: ModelVersion | None = None
         self.deadline = float("inf")
         self.status = 499  # nginx's "client closed request" until an answer is sent: nobody is left to answer
+        self.arm: Arm | None = None  # the rollout arm that answers it, when a rollout chose its version
 
     @property
     def model_name(self) -> str:
@@ -90,8 +93,11 @@ class Call:
     def __exit__(self, *exc) -> None:
         metrics.requests_in_flight.dec()
         name, version = self.model_name, str(self.model.version) if self.model else ""
+        elapsed = time.perf_counter() - self.start
         metrics.requests_total.labels(name, version, self.endpoint, str(self.status)).inc()
-        metrics.request_duration_seconds.labels(name, self.endpoint).observe(time.perf_counter() - self.start)
+        metrics.request_duration_seconds.labels(name, self.endpoint).observe(elapsed)
+        if self.arm is not None:
+            self.arm.observe(self.status, elapsed)
 
 
 @dataclass
@@ -106,7 +112,9 @@ class Gateway:
     dispatcher: Dispatcher | None = None
     admission: Admission | None = None
     inline: InlineLane | None = None
+    database: Database | None = None  # the prediction log's, for this process's reads (service/predictions)
     feedback: FeedbackDesk | None = None  # labels for logged answers (service/predictions/feedback.py)
+    rollouts: Rollouts | None = None  # canaries and their decisions (service/rollouts), with the prediction log on
     front_ends: list[FrontEnd] = field(default_factory=list)
     replacement: bool = False  # this HTTP process replaced one that died (set at start)
     _stops: list[Stop] = field(default_factory=list)
@@ -132,7 +140,11 @@ class Gateway:
         # A replacement (service/engine/supervisor.py) was forked from the main process's registry as it was at startup.
         self.replacement = server.wiring.epochs[index] > 0
         self.reloader.start(look_now=self.replacement)
-        self.feedback = FeedbackDesk(settings.log_policy)
+        self.database = Database(settings.log_policy)
+        self.feedback = FeedbackDesk(settings.log_policy, self.database)
+        if settings.log_policy.kind != "off":
+            self.rollouts = Rollouts(settings, self.registry, self.reloader, self.database)
+            self.rollouts.start()
         if InlineLane.wanted(settings):
             self.inline = InlineLane(settings)
             self.inline.follow(self.reloader.generation)
@@ -180,6 +192,8 @@ class Gateway:
         if name_field is not None and not name:
             raise ModelNotFound(f"{name_field} is empty; name a model", field=name_field)
         call.model = self.registry.get(name, parse_version(version))
+        if version is None and self.rollouts is not None and self.rollouts.running:  # a canary may answer instead
+            call.model, call.arm = self.rollouts.route(call.model, headers, call.request_id) or (call.model, None)
         call.deadline = deadlines.from_headers(call.arrival, self.settings.max_queue_time_ms / 1000, headers)
         if client_seconds is not None:
             call.deadline = min(call.deadline, call.arrival + client_seconds)

@@ -7,25 +7,25 @@ must be the same (200, counted once: retries are safe) or it is a conflict (409 
 one transaction stores a feedback record per prediction record (the client's answer, and a shadow's), and the
 HTTP process counts the client's answers' scores in `tabserve_feedback_*`, exact across processes.
 
-The database work runs on one thread per HTTP process with its own connection (the event loop never waits for
-the database), behind a bound on calls waiting for it: beyond it, 503 + Retry-After.
+The database work runs on the HTTP process's database thread (service/predictions/database.py), behind a bound
+on calls waiting for it: beyond it, 503 + Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
 from service.core import metrics
-from service.core.errors import Conflict, InvalidInput, ModelNotFound, Overloaded, Unavailable, UnknownRequest
+from service.core.errors import Conflict, InvalidInput, ModelNotFound, Overloaded, UnknownRequest
 from service.core.log_policy import LogPolicy
 from service.core.schemas import Feedback
-from service.predictions.store import FEEDBACK_COLUMNS, Logged, Store, StoreError
+from service.predictions.database import Database
+from service.predictions.store import FEEDBACK_COLUMNS, Logged
 
 LATE_SECONDS = 0.5
 """How long a call waits for request ids not found yet: an answer is logged up to ~50 ms after it was sent
@@ -60,10 +60,9 @@ class Scored:
 class FeedbackDesk:
     """Receives feedback calls for one HTTP process (service/rest/feedback.py)."""
 
-    def __init__(self, policy: LogPolicy):
+    def __init__(self, policy: LogPolicy, database: Database):
         self.policy = policy
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tabserve-feedback")
-        self._store: Store | None = None
+        self.database = database
         self._waiting = 0
 
     async def receive(self, model: str, items: list[Feedback]) -> int:
@@ -106,22 +105,7 @@ class FeedbackDesk:
         return found
 
     async def _db(self, work):
-        """Run `work(store)` on the database thread; an unreachable database is a 503."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._with_store, work)
-        except StoreError as e:
-            raise Unavailable(f"the prediction log's database is unavailable: {e}", reason="prediction_log_unavailable",
-                              retry_after=2) from None  # fmt: skip
-
-    def _with_store(self, work):
-        try:
-            self._store = self._store or Store(self.policy.kind, self.policy.target)
-            return work(self._store)
-        except StoreError:
-            if self._store is not None:
-                self._store.close()
-            self._store = None
-            raise
+        return await self.database.run(work)
 
 
 def _no_repeats(items: list[Feedback]) -> None:

@@ -18,7 +18,7 @@ from service.core import metrics, schemas
 from service.core.errors import NOT_READY, ServiceError, Unavailable
 from service.dataplane import metadata
 from service.dataplane.gateway import Gateway, parse_version
-from service.rest import feedback, openapi, repository
+from service.rest import feedback, openapi, repository, rollouts
 from service.rest.openapi import ERRORS, PLAIN_503
 
 
@@ -31,6 +31,7 @@ def register(app: FastAPI, gateway: Gateway) -> None:
     openapi.register_infer_operations(app)
     repository.register(app, gateway, ERRORS)  # the OIP repository extension
     feedback.register(app, gateway)
+    rollouts.register(app, gateway)
     openapi.complete(
         app, gateway, (schemas.PredictRequest, schemas.ExplainRequest, schemas.OipInferRequest, schemas.FeedbackRequest)
     )

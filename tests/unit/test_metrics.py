@@ -14,6 +14,7 @@ from service.core import metrics
 from tests.metrics_text import Scrape
 
 BOUNDED_LABELS = {
+    "decision",
     "model",
     "version",
     "endpoint",
@@ -31,7 +32,7 @@ ALL = [m for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Hist
 
 
 def test_every_metric_is_named_by_convention():
-    assert len(ALL) == 31
+    assert len(ALL) == 32
     for metric in ALL:
         assert metric._name.startswith("tabserve_"), metric._name
         assert set(metric._labelnames) <= BOUNDED_LABELS, (metric._name, metric._labelnames)
