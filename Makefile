@@ -12,7 +12,8 @@ PORT ?= 8000
 SERVE_ARGS ?=
 BENCH_DURATION ?= 8
 
-.PHONY: setup tools run serve test lint format train retrain rollback verify quality bench stress clean
+.PHONY: setup tools run serve test lint format train retrain rollback canary rollout-status promote rollout-stop \
+	verify quality bench bench-loop stress clean
 
 setup: $(STAMP)
 
@@ -75,6 +76,16 @@ rollback: setup
 	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=<name> [VERSION=<v>]"; exit 2; }
 	$(PY) -m training rollback --name $(MODEL) --repository $(REPOSITORY) $(if $(VERSION),--version $(VERSION)) $(ARGS)
 
+## Rollouts on the running server (PORT): make canary MODEL=iris VERSION=2 PERCENT=25 [ARGS=--manual];
+## make rollout-status MODEL=iris; make promote MODEL=iris; make rollout-stop MODEL=iris (docs/production-loop.md).
+canary: setup
+	@test -n "$(MODEL)" -a -n "$(VERSION)" || { echo "usage: make canary MODEL=<name> VERSION=<v> [PERCENT=10]"; exit 2; }
+	@PORT=$(PORT) $(PY) -m service.rollouts canary --model $(MODEL) --version $(VERSION) --percent $(or $(PERCENT),10) $(ARGS)
+
+rollout-status promote rollout-stop: setup
+	@test -n "$(MODEL)" || { echo "usage: make $@ MODEL=<name>"; exit 2; }
+	@PORT=$(PORT) $(PY) -m service.rollouts $(patsubst rollout-%,%,$@) --model $(MODEL)
+
 ## make verify FOLDER=models/iris/1
 verify: setup
 	$(PY) -m training verify $(FOLDER)
@@ -87,6 +98,10 @@ quality: setup
 bench: setup
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
 	BENCH_DURATION=$(BENCH_DURATION) $(PY) -m benchmarks.run
+
+## The production loop end to end (weak champion, better challenger, labels, decisions): make bench-loop (~3 min).
+bench-loop: setup
+	$(PY) -m benchmarks.production_loop
 
 ## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 4 minutes).
 stress: setup

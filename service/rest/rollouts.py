@@ -16,7 +16,7 @@ from service.dataplane.gateway import Gateway
 from service.rollouts import records
 from service.rollouts.records import Rollout
 
-CODES = {code: {"model": schemas.ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+CODES = {code: {"model": schemas.ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 503)}
 TAGS = ["rollouts"]
 
 

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.core import metrics, schemas
 from service.core.errors import NOT_READY, ServiceError, Unavailable
@@ -47,10 +48,13 @@ def _register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        # Keep the error's headers: a 405 must say which methods the route allows (`Allow`, RFC 9110).
-        return JSONResponse(
-            {"error": str(error.detail), "reason": "http"}, status_code=error.status_code, headers=error.headers
-        )
+        # Keep the error's headers: a 405 must say which methods the route allows (`Allow`, RFC 9110), and
+        # Starlette names only the first route of the path's (a path with GET, POST and DELETE has three).
+        headers = error.headers
+        if error.status_code == 405:
+            headers = {**(headers or {}), "allow": ", ".join(_allowed(app, request.scope))}
+        return JSONResponse({"error": str(error.detail), "reason": "http"}, status_code=error.status_code,
+                            headers=headers)  # fmt: skip
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -63,6 +67,15 @@ def _register_error_handlers(app: FastAPI) -> None:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         return JSONResponse({"error": f"{where}: {first['msg']}", "reason": "invalid_input", "field": where}, 422)
+
+
+def _allowed(app: FastAPI, scope: dict) -> list[str]:
+    """Every method some route serves at this path."""
+    methods = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.matches({**scope, "method": "GET"})[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def _register_operations(app: FastAPI, gateway: Gateway) -> None:

@@ -6,6 +6,8 @@ afterwards) and one of a worse version is rolled back, each decision in the audi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -14,7 +16,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from bundle import policy
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.metrics_text import Scrape
 from tests.serving import Server, republish
 
@@ -36,6 +38,14 @@ def weak(tmp_path_factory):
 
 def rollout(server: Server, method: str = "GET", path: str = "", **kwargs) -> httpx.Response:
     return httpx.request(method, f"{server.url}/v1/models/iris/rollout{path}", timeout=10, **kwargs)
+
+
+def cli(*args: str) -> dict:
+    """`python -m service.rollouts …`, as `make canary` and friends run it."""
+    result = subprocess.run([sys.executable, "-m", "service.rollouts", *args], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def answered_by(server: Server, n: int, **headers) -> Counter:
@@ -96,7 +106,8 @@ def test_a_canary_splits_by_hash_counts_each_arm_and_stops_or_promotes_by_hand(t
     run_cli("rollback", "--name", "iris", "--version", "1", "--repository", str(root))
     server = Server(root, "--poll-interval", "1")
     try:
-        assert rollout(server, "POST", json={"challenger": 2, "percent": 50, "auto": False}).json()["champion"] == 1
+        canary = cli("canary", "--model", "iris", "--version", "2", "--percent", "50", "--manual", "--url", server.url)
+        assert (canary["champion"], canary["challenger"], canary["auto"]) == (1, 2, False)
         time.sleep(1.5)  # every HTTP process reads the rollout within a second
         split = answered_by(server, 200)
         assert split.keys() == {1, 2} and 60 <= split[2] <= 140
@@ -108,7 +119,7 @@ def test_a_canary_splits_by_hash_counts_each_arm_and_stops_or_promotes_by_hand(t
         assert evidence["champion"]["requests"] + evidence["challenger"]["requests"] == 230
         assert evidence["challenger"]["requests"] in (split[2], split[2] + 30)
         assert evidence["champion"]["p99_ms"] > 0 and evidence["challenger"]["errors"] == 0
-        assert rollout(server, "POST", path="/promote").json()["state"] == "promoted"
+        assert cli("promote", "--model", "iris", "--url", server.url)["state"] == "promoted"
         assert policy.read(root / "iris").pinned == 2
         time.sleep(1.5)  # every HTTP process has followed the decision
         assert answered_by(server, 40) == Counter({2: 40})
