@@ -67,9 +67,12 @@ train: setup
 
 ## make retrain MODEL=iris [DATA=new.csv] [ARGS="--f1-tolerance 0.02"]: publish a challenger only if not worse
 ## (exit code 3 when the gate rejects it). The running server picks the new version up by itself.
+## DATA=feedback: train on the prediction log's labelled rows (ARGS="--since 7d --mix-original"); CANARY=25: the
+## champion keeps serving and the running server tries the challenger as an automatic canary at 25 %.
 retrain: setup
 	@test -n "$(MODEL)" || { echo "usage: make retrain MODEL=<name> [DATA=<file or dataset>]"; exit 2; }
-	$(PY) -m training retrain --name $(MODEL) --repository $(REPOSITORY) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PY) -m training retrain --name $(MODEL) --repository $(REPOSITORY) $(if $(DATA),--data $(DATA)) \
+		$(if $(CANARY),--canary $(CANARY) --server http://127.0.0.1:$(PORT)) $(ARGS)
 
 ## make rollback MODEL=iris [VERSION=2]: an earlier version answers by default; nothing is deleted.
 rollback: setup

@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--f1-tolerance", type=float, help="macro-F1 may drop by at most this much (default 0.01)")
     retrain.add_argument("--max-recall-drop", type=float, help="most any class's recall may drop (default 0.05)")
     retrain.add_argument("--allow-new-classes", action="store_true", help="accept classes the champion lacks")
+    retrain.add_argument("--since", help="DATA=feedback: labels received since (an age like 7d, or an ISO date)")
+    retrain.add_argument("--mix-original", action="store_true", help="DATA=feedback: add the champion's dataset")
+    retrain.add_argument(
+        "--canary",
+        type=float,
+        metavar="PERCENT",
+        help="keep the champion serving and start the challenger as an automatic canary at PERCENT %%",
+    )
+    retrain.add_argument("--server", default="http://127.0.0.1:8000", help="--canary: the running server")
     _training_flags(retrain)
 
     rollback = commands.add_parser("rollback", help="make an earlier version the served one (nothing is deleted)")
@@ -178,10 +187,13 @@ def _retrain(args: argparse.Namespace) -> int:
     bounds = {k: getattr(args, k) for k in ("f1_tolerance", "max_recall_drop") if getattr(args, k) is not None}
     gate = retrain.Gate(**bounds, allow_new_classes=args.allow_new_classes)
     workdir = args.workdir or pipeline.default_workdir(args.name)
+    if args.dataset == "feedback":
+        args.dataset = _served_traffic(args, workdir, overrides)
     try:
         folder, manifest, comparison = retrain.retrain(
-            args.name, args.repository, workdir, gate, args.dataset, overrides, progress=not args.quiet
-        )
+            args.name, args.repository, workdir, gate, args.dataset, overrides, progress=not args.quiet,
+            keep_champion=args.canary is not None,
+        )  # fmt: skip
     except retrain.ChallengerRejected as e:
         print(e.comparison.table())
         print(f"not published: {e}", file=sys.stderr)
@@ -189,8 +201,29 @@ def _retrain(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return interrupted("\ninterrupted; run the retrain again (a version is published whole or not at all)")
     print(comparison.table())
-    print(f"published {folder}: it now answers {manifest.name} requests that name no version")
+    if args.canary is None:
+        print(f"published {folder}: it now answers {manifest.name} requests that name no version")
+        return 0
+    from training import canary
+
+    print(f"published {folder}; the champion keeps answering. {canary.start(args.server, manifest, args.canary)}")
     return 0
+
+
+def _served_traffic(args: argparse.Namespace, workdir: Path, overrides: dict) -> str:
+    """DATA=feedback: the prediction log's labelled rows as a file (training/feedback.py); returns its path."""
+    from training import feedback, retrain
+
+    _, champion = retrain.served_version(args.repository, args.name)
+    since = feedback.since_time(args.since)
+    path, rows = feedback.export(args.name, champion.features, since, workdir / "feedback.parquet")
+    print(
+        f"{rows} labelled rows of {args.name} from the prediction log" + (f" since {args.since}" if args.since else "")
+    )
+    if args.mix_original:
+        path = feedback.mixed(path, champion.dataset.source, champion.features, workdir / "feedback-mixed.parquet")
+    overrides["label_column"], overrides["features"] = feedback.LABEL_COLUMN, champion.features
+    return str(path)
 
 
 def _rollback(args: argparse.Namespace) -> int:

@@ -156,8 +156,12 @@ def retrain(
     dataset_source: str | None = None,
     overrides: dict | None = None,
     progress: bool = True,
+    keep_champion: bool = False,
 ) -> tuple[Path, Manifest, Comparison]:
-    """Train a challenger and publish it if it passes `gate`; raises `ChallengerRejected` otherwise."""
+    """Train a challenger and publish it if it passes `gate`; raises `ChallengerRejected` otherwise.
+
+    `keep_champion`: the champion stays the served version (pinned before the challenger is published, so a
+    server never sees the challenger answer by default), for a canary to decide (`--canary`)."""
     champion_folder, champion = served_version(repo, name)
     recorded = TrainConfig.model_validate(champion.training).model_dump()
     changes = {"dataset": dataset_source or champion.dataset.source, **(overrides or {})}
@@ -183,9 +187,13 @@ def retrain(
             raise ChallengerRejected(comparison)  # inside the publish: nothing is written
         return comparison.report()
 
-    folder, manifest = pipeline.publish(fitted, repo, review)
     current = policy.read(Path(repo) / name)
-    if current.pinned is not None:  # a rollback pinned an older version: the better challenger takes over
+    if keep_champion:
+        policy.write(Path(repo) / name, current.model_copy(update={"pinned": champion.version}))
+    folder, manifest = pipeline.publish(fitted, repo, review)
+    if (
+        current.pinned is not None and not keep_champion
+    ):  # a rollback pinned an older version: the better one takes over
         policy.write(Path(repo) / name, current.model_copy(update={"pinned": None}))
     return folder, manifest, comparison
 

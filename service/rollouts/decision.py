@@ -87,8 +87,12 @@ def decide(champion: ArmEvidence, challenger: ArmEvidence, limits: Limits) -> tu
     better = challenger.accuracy > champion.accuracy
     return ("promoted" if better else "rolled_back"), (
         f"live accuracy {challenger.accuracy:.2%} on {challenger.labelled} labelled rows against the champion's "
-        f"{champion.accuracy:.2%} on {champion.labelled}: always-valid p = {p:.2g} <= alpha {limits.alpha:g} (mSPRT)"
+        f"{champion.accuracy:.2%} on {champion.labelled}: always-valid p {_p(p)} <= alpha {limits.alpha:g} (mSPRT)"
     )
+
+
+def _p(p: float) -> str:
+    return "< 1e-12" if p < 1e-12 else f"= {p:.2g}"
 
 
 def p99_ms(buckets: list[float], counts: list[int]) -> float | None:

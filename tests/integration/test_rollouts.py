@@ -6,6 +6,7 @@ afterwards) and one of a worse version is rolled back, each decision in the audi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -172,12 +173,24 @@ def test_automatic_canaries_promote_a_better_version_and_roll_back_a_worse_one(t
         audit = [json.loads(line) for line in (server.state_dir / "rollouts.jsonl").read_text().splitlines()]
         assert [(a["challenger"], a["decision"]) for a in audit] == [(2, "promoted"), (3, "rolled_back")]
         assert audit[0]["evidence"]["challenger"]["labelled"] >= 30
+        # Retrain on the labelled traffic, and hand the challenger to an automatic canary: the champion stays.
+        retrained = subprocess.run(
+            [sys.executable, "-m", "training", "retrain", "--name", "iris", "--data", "feedback", "--canary", "30",
+             "--server", server.url, "--repository", str(root), "--workdir", str(tmp_path / "run"), "--quiet"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "TABSERVE_STATE_DIR": str(server.state_dir)},
+        )  # fmt: skip
+        assert retrained.returncode == 0, retrained.stdout + retrained.stderr
+        assert "labelled rows of iris from the prediction log" in retrained.stdout
+        assert "Canary of v4 against v2" in retrained.stdout
+        assert (rollout(server).json()["state"], policy.read(root / "iris").pinned) == ("running", 2)
+        rollout(server, "DELETE")
         state_dir = server.state_dir
     finally:
         server.stop()
     restarted = Server(root, *flags, env={"TABSERVE_STATE_DIR": str(state_dir)})
     try:
         assert answered_by(restarted, 20) == Counter({2: 20})
-        assert rollout(restarted).json()["state"] == "rolled_back"  # the database remembers
+        assert rollout(restarted).json()["state"] == "stopped"  # the database remembers (the v4 canary, stopped)
     finally:
         restarted.stop()
