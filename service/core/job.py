@@ -35,6 +35,7 @@ class Job(NamedTuple):
     header_length: str | None = None  # OIP binary extension: Inference-Header-Content-Length
     target: int | None = None  # "explain" jobs: the class index named in the body, besides the predicted class
     protocol: str = "rest"  # the front-end it came by ("rest" or "grpc"), for the prediction log
+    shadow: bool = False  # a copy for a shadow rollout's challenger: logged as such, its answer sent to nobody
 
     @property
     def rows(self) -> int:

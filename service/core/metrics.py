@@ -174,6 +174,19 @@ rollout_decisions_total = Counter(
     "Rollouts ended, by decision: promoted, rolled_back (automatic, or by hand), stopped.",
     ["model", "decision"],
 )
+shadow_requests_total = Counter(
+    "tabserve_shadow_requests_total",
+    "Requests copied to a shadow rollout's challenger, by outcome: agreed or disagreed (its labels against the "
+    "answer the client got), answered (no labels to compare: binary or gRPC answers), failed, shed (no room, "
+    "or too late: shadow work is the first refused under load).",
+    ["model", "version", "outcome"],
+)
+shadow_duration_seconds = Histogram(
+    "tabserve_shadow_duration_seconds",
+    "Time a shadow copy took, from its submission to its answer.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
 FEEDBACK_SCORES = (feedback_rows_total, feedback_correct_total, feedback_log_loss_total, feedback_brier_total)
 feedback_delay_seconds = Histogram(
     "tabserve_feedback_delay_seconds",

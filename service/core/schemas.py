@@ -204,8 +204,10 @@ class FeedbackResponse(BaseModel):
 class RolloutRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     challenger: int = Field(ge=1, description="The version to try against the one answering now (the champion).")
-    mode: Literal["canary"] = Field(
-        "canary", description="`canary`: `percent` % of the requests that name no version are answered by it."
+    mode: Literal["canary", "shadow"] = Field(
+        "canary",
+        description="`canary`: `percent` % of the requests that name no version are answered by it; `shadow`: they "
+        "also run on it after the champion's answer was sent, and only its log records and metrics see its answers.",
     )
     percent: float = Field(ge=0, le=100, description="Share of requests, 0 to 100.")
     auto: bool = Field(True, description="Promote or roll back by itself on the evidence (docs/production-loop.md).")

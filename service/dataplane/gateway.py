@@ -36,6 +36,7 @@ from service.core.job import Job
 from service.core.settings import Settings
 from service.dataplane.admission import Admission
 from service.dataplane.inline import InlineLane
+from service.dataplane.shadow import Shadows
 from service.engine.dispatch import Dispatcher
 from service.models import control
 from service.models.registry import ModelVersion, Registry
@@ -70,7 +71,8 @@ class Call:
     happened: in flight, total by status, latency. A plain class, not a dataclass or a generator context manager:
     it is made for every request, and those cost a few microseconds more each (py-spy at c=64)."""
 
-    __slots__ = ("arm", "arrival", "deadline", "endpoint", "model", "request_id", "start", "status")
+    __slots__ = ("arm", "arrival", "deadline", "endpoint", "job", "model", "request_id", "shadow", "shadow_arm",
+                 "start", "status")  # fmt: skip
 
     def __init__(self, endpoint: str, request_id: str):
         self.endpoint = endpoint  # the `endpoint` label of the request metrics: predict, explain, infer, grpc_infer
@@ -81,6 +83,9 @@ class Call:
         self.deadline = float("inf")
         self.status = 499  # nginx's "client closed request" until an answer is sent: nobody is left to answer
         self.arm: Arm | None = None  # the rollout arm that answers it, when a rollout chose its version
+        self.job: Job | None = None  # the work it became (`Gateway.job`)
+        self.shadow: ModelVersion | None = None  # a shadow rollout's challenger that will run a copy of it
+        self.shadow_arm: Arm | None = None
 
     @property
     def model_name(self) -> str:
@@ -115,6 +120,7 @@ class Gateway:
     database: Database | None = None  # the prediction log's, for this process's reads (service/predictions)
     feedback: FeedbackDesk | None = None  # labels for logged answers (service/predictions/feedback.py)
     rollouts: Rollouts | None = None  # canaries and their decisions (service/rollouts), with the prediction log on
+    shadows: Shadows | None = None  # copies for shadow rollouts (service/dataplane/shadow.py)
     front_ends: list[FrontEnd] = field(default_factory=list)
     replacement: bool = False  # this HTTP process replaced one that died (set at start)
     _stops: list[Stop] = field(default_factory=list)
@@ -145,6 +151,7 @@ class Gateway:
         if settings.log_policy.kind != "off":
             self.rollouts = Rollouts(settings, self.registry, self.reloader, self.database)
             self.rollouts.start()
+            self.shadows = Shadows(self)
         if InlineLane.wanted(settings):
             self.inline = InlineLane(settings)
             self.inline.follow(self.reloader.generation)
@@ -193,7 +200,7 @@ class Gateway:
             raise ModelNotFound(f"{name_field} is empty; name a model", field=name_field)
         call.model = self.registry.get(name, parse_version(version))
         if version is None and self.rollouts is not None and self.rollouts.running:  # a canary may answer instead
-            call.model, call.arm = self.rollouts.route(call.model, headers, call.request_id) or (call.model, None)
+            self.rollouts.route(call, headers)
         call.deadline = deadlines.from_headers(call.arrival, self.settings.max_queue_time_ms / 1000, headers)
         if client_seconds is not None:
             call.deadline = min(call.deadline, call.arrival + client_seconds)
@@ -203,8 +210,14 @@ class Gateway:
         """The prepared request as work for a worker (rows decoded, or a raw body the worker decodes)."""
         model = call.model
         protocol = "grpc" if call.endpoint.startswith("grpc") else "rest"
-        return Job(kind, model.name, model.version, features, call.request_id, infer, self.reloader.generation,
-                   call.arrival, call.deadline, body, header_length, protocol=protocol)  # fmt: skip
+        call.job = Job(kind, model.name, model.version, features, call.request_id, infer, self.reloader.generation,
+                       call.arrival, call.deadline, body, header_length, protocol=protocol)  # fmt: skip
+        return call.job
+
+    def answered(self, call: Call, status: int, body: bytes) -> None:
+        """The front-end sent the answer: a shadow rollout's copy may run now (service/dataplane/shadow.py)."""
+        if call.shadow is not None and self.shadows is not None:
+            self.shadows.after(call, status, body)
 
     def answer_inline(self, job: Job) -> tuple[int, bytes, list] | None:
         """The inline lane's answer (service/dataplane/inline.py) when `job` is an HTTP request it takes, else None."""
@@ -229,7 +242,7 @@ class Gateway:
         if job.kind == "explain" and job.features is not None:  # undecoded bodies count in bytes instead
             rows = work_rows(rows, job.target, self.registry.get(job.model, job.version).manifest)
         connection = self.admission.worker_for(rows, job.nbytes)
-        slot, future = connection.send(job, rows, job.nbytes)
+        slot, future = connection.send(job, rows, job.nbytes, job.shadow)
         loop = asyncio.get_running_loop()
         hung = WorkerUnavailable("no answer from the inference worker in time")  # a 503, never a 500
         timer = loop.call_at(job.deadline + ANSWER_GRACE, _fail, future, hung)

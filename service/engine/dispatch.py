@@ -43,6 +43,7 @@ class WorkerConnection:
         self.waiting: dict[int, tuple[asyncio.Future, int, int]] = {}  # slot → (future, rows, bytes)
         self.free = list(range(SLOTS - 1, -1, -1))
         self.rows = self.nbytes = 0  # outstanding: sent and not yet answered (rows of raw bodies are unknown)
+        self.shadows: set[int] = set()  # slots of shadow jobs (service/dataplane/shadow.py) among `waiting`
         self.pid = 0
         self.pidfd: int | None = None
         self.answered_rows = self.answered_bytes = 0
@@ -64,10 +65,12 @@ class WorkerConnection:
         self.loop.add_reader(self.pidfd, self._on_death)
         log.info("inference worker %d (pid %d) takes requests", self.worker_id, pid)
 
-    def send(self, job: Any, rows: int, nbytes: int) -> tuple[int, asyncio.Future]:
+    def send(self, job: Any, rows: int, nbytes: int, shadow: bool = False) -> tuple[int, asyncio.Future]:
         """Queue `job` (`rows` and `nbytes` of work) for this worker; returns its slot and the future its answer
         resolves."""
         slot = self.free.pop()
+        if shadow:
+            self.shadows.add(slot)
         self.link.board[slot] = 0
         future = self.loop.create_future()
         self.waiting[slot] = (future, rows, nbytes)
@@ -136,6 +139,7 @@ class WorkerConnection:
         future, rows, nbytes = self.waiting.pop(slot, (None, 0, 0))
         if future is None:
             return
+        self.shadows.discard(slot)
         self.free.append(slot)
         self.rows -= rows
         self.nbytes -= nbytes
@@ -156,6 +160,7 @@ class WorkerConnection:
             self.backlog.clear()
         held = list(self.waiting.items())
         log.error("inference worker %d (pid %d) died holding %d requests", self.worker_id, self.pid, len(held))
+        self.shadows.clear()
         for slot, (future, _, _) in held:
             self.waiting.pop(slot)
             self.free.append(slot)
@@ -185,8 +190,8 @@ class Dispatcher:
         return [c for c in self.connections if c.alive]
 
     def idle(self) -> bool:
-        """No worker holds anything from this HTTP process."""
-        return not any(c.waiting for c in self.connections)
+        """No worker holds anything from this HTTP process (but shadow work: the inline lane answers beside it)."""
+        return not any(len(c.waiting) > len(c.shadows) for c in self.connections)
 
     def least_loaded(self) -> WorkerConnection:
         """Among the workers adopted so far (`refresh` runs every 0.25 s and on readiness probes; a death is seen

@@ -128,7 +128,7 @@ class InferenceAPI(ls.LitAPI):
                 signals.queue.observe(queue_seconds[index])
             if self.prediction_log is not None and job.kind != "explain" and isinstance(result, np.ndarray):
                 manifest = self.registry.get(job.model, job.version).manifest
-                self.prediction_log.record(job, result, manifest.classes, manifest.features)
+                self.prediction_log.record(job, result, manifest.classes, manifest.features, job.shadow)
             answers[index] = self._encode(job, result)
         return answers
 

@@ -87,6 +87,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                      request.model_version or None, context.time_remaining(), "model_name")  # fmt: skip
                 answer = await self._infer(call, request)
                 call.status = 200
+                self.gateway.answered(call, 200, b"")  # a shadow copy, if any, runs once this answer is sent
                 return answer
             except asyncio.CancelledError:  # a cancelled call (client gone, deadline passed) stays a 499
                 raise

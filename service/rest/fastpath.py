@@ -136,6 +136,8 @@ class FastPath:
                 if not read[0] and _declared_length(headers, None) > DECODE_INLINE_BYTES:
                     extra.append(CLOSE)
             await _respond(send, call.status, body, [*extra, (b"x-request-id", request_id)])
+            if call.shadow is not None:
+                self.gateway.answered(call, call.status, body)
 
     async def handle(self, kind: str, call: Call, headers: dict, receive, read: list[bool]):
         gateway, settings, model = self.gateway, self.gateway.settings, call.model
@@ -151,7 +153,7 @@ class FastPath:
             read[0] = True
         job = gateway.job(call, kind, body=body, header_length=header_length.decode() if header_length else None)
         if len(body) <= DECODE_INLINE_BYTES:
-            job = decode_job(job, model.spec)
+            job = call.job = decode_job(job, model.spec)
             if (answer := gateway.answer_inline(job)) is not None:
                 return answer
         elif (
@@ -159,7 +161,7 @@ class FastPath:
             and len(body) <= BULK_INLINE_BYTES
             and (rows := bulk_json.numbers(body, model.spec)) is not None
         ):
-            job = job._replace(features=rows, body=None)  # anything else of this size: the worker decodes it
+            job = call.job = job._replace(features=rows, body=None)  # anything else of this size: the worker decodes it
         return await gateway.submit(job, _disconnected(receive))
 
 

@@ -8,9 +8,10 @@ afterwards still works), the winner appends it to the audit log (`<state_dir>/ro
 Every process that sees a rollout end re-reads that model from the repository at once, so the promoted version
 answers everywhere within about a second rather than at the next repository poll.
 
-Routing (canary): a request that names no version, for a model whose champion is the default version, goes to the
-challenger when a hash of `X-Rollout-Key` (else of its request id) falls in the first `percent` %: one client's
-traffic stays on one side. A challenger that became unavailable is skipped: the champion answers.
+Routing: a request that names no version, for a model whose champion is the default version, is chosen when a hash
+of `X-Rollout-Key` (else of its request id) falls in the first `percent` %: one client's traffic stays on one side.
+A canary's chosen requests are answered by the challenger; a shadow's are answered by the champion and copied to
+the challenger afterwards (service/dataplane/shadow.py). A challenger that became unavailable is skipped.
 """
 
 from __future__ import annotations
@@ -72,19 +73,22 @@ class Rollouts:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="tabserve-rollouts")
 
-    def route(self, model, headers: dict, request_id: str):
-        """(the version to answer with, its Arm) for a request to `model` (the default version), or None."""
+    def route(self, call, headers: dict) -> None:
+        """For a request to the default version of a model in a rollout: the version that answers (canary) or
+        the challenger that runs a copy afterwards (shadow), and the arms that count them, set on `call`."""
+        model = call.model
         rollout = self.running.get(model.name)
-        if rollout is None or rollout.mode != "canary" or model.version != rollout.champion:
-            return None
-        key = headers.get(b"x-rollout-key") or request_id.encode()
-        chosen = model
-        if share(key) < rollout.percent / 100:
-            versions = self.registry.models.get(model.name, {})
-            challenger = versions.get(rollout.challenger)
-            if challenger is not None and challenger.state == "READY":
-                chosen = challenger
-        return chosen, self.arm(rollout.id, chosen.version)
+        if rollout is None or model.version != rollout.champion:
+            return
+        challenger = None
+        if share(headers.get(b"x-rollout-key") or call.request_id.encode()) < rollout.percent / 100:
+            entry = self.registry.models.get(model.name, {}).get(rollout.challenger)
+            challenger = entry if entry is not None and entry.state == "READY" else None
+        if rollout.mode == "canary" and challenger is not None:
+            call.model = challenger
+        elif challenger is not None:
+            call.shadow, call.shadow_arm = challenger, self.arm(rollout.id, challenger.version)
+        call.arm = self.arm(rollout.id, call.model.version)
 
     def arm(self, rollout_id: int, version: int) -> Arm:
         arm = self.arms.get((rollout_id, version))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -90,6 +91,7 @@ def test_every_bad_rollout_request_gets_its_named_4xx(three):
         assert (late.status_code, late.json()["reason"]) == (409, "no_running_rollout")
         same = rollout(server, "POST", json={"challenger": 2, "percent": 10}, headers=boss)
         assert (same.status_code, same.json()["reason"]) == (409, "challenger_is_champion")
+        check_shadow(server, boss)
     finally:
         server.stop()
     off = Server(three, "--prediction-log", "off")
@@ -98,6 +100,26 @@ def test_every_bad_rollout_request_gets_its_named_4xx(three):
         assert (response.status_code, response.json()["reason"]) == (404, "prediction_log_off")
     finally:
         off.stop()
+
+
+def check_shadow(server: Server, boss: dict) -> None:
+    """A shadow at 100 %: the champion answers every client; the challenger runs a copy of each, logged as a
+    shadow record, compared with the client's answer and counted in its arm."""
+    shadow = rollout(server, "POST", json={"challenger": 1, "mode": "shadow", "percent": 100, "auto": False},
+                     headers=boss)  # fmt: skip
+    assert shadow.status_code == 200, shadow.text
+    time.sleep(1.5)
+    assert answered_by(server, 60) == Counter({2: 60})
+    time.sleep(1.5)
+    evidence = rollout(server).json()["evidence"]
+    assert evidence["champion"]["requests"] == 60 and 0 < evidence["challenger"]["requests"] <= 60
+    scrape = Scrape.of(server.url)
+    copies = sum(scrape.sum("tabserve_shadow_requests_total", version="1", outcome=o) for o in ("agreed", "disagreed"))
+    assert copies == evidence["challenger"]["requests"]
+    assert scrape.sum("tabserve_shadow_requests_total", version="1", outcome="agreed") == copies  # the same model
+    with sqlite3.connect(server.state_dir / "predictions.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM predictions WHERE shadow = 1 AND version = 1").fetchone()[0] == copies
+    assert rollout(server, "DELETE", headers=boss).json()["state"] == "stopped"
 
 
 def test_a_canary_splits_by_hash_counts_each_arm_and_stops_or_promotes_by_hand(trained, tmp_path):
