@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks import model, report
 from benchmarks.loadgen import Stats, drive, drive_one_connection
 from benchmarks.procs import NotAvailable, cpu_seconds_between, free_port, running, tree_cpu_ticks
 from benchmarks.report import C1, C16, JSON_1000, Bar, Row
+from bundle import policy
 
 ROUNDS = 3
 """Turns per server and scenario, each half a scenario's duration."""
@@ -32,10 +39,39 @@ class Cost:
     off: tuple[str, ...]  # and without it
     scenarios: tuple[str, ...]
     bar: float  # with ÷ without: rps at least this (throughput), or p50 at most this (latency, at c=1)
+    repository: Callable[[dict], Path] | None = None  # another repository than the main run's, for both servers
+    turn_on: Callable[[str, Path], None] | None = None  # what starts the feature on the "on" server, once up
+
+
+def shadow_repository(ctx: dict) -> Path:
+    """The benchmark's model, and a second digits version beside it (trained once) as the shadow challenger; the
+    benchmark's own version pinned, so both servers answer with it."""
+    root, champion = model.CACHE / "shadow" / "models", ctx["model_dir"]
+    folder = root / model.MODEL_NAME
+    if not (folder / champion.name).is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(champion, folder / champion.name)
+        for name in ("config.pbtxt", "labels.txt"):  # the model's Triton files, beside its versions
+            shutil.copy(champion.parent / name, folder / name)
+        subprocess.run([sys.executable, "-m", "training", "train", "--dataset", model.MODEL_NAME, "--name",
+                        model.MODEL_NAME, "--repository", str(root), "--quiet", "--workdir",
+                        str(model.CACHE / "runs" / "shadow")], cwd=model.ROOT, check=True)  # fmt: skip
+    policy.write(folder, policy.VersionPolicy(pinned=int(champion.name)))
+    return root
+
+
+def start_shadow(base: str, root: Path) -> None:
+    challenger = max(int(p.name) for p in (root / model.MODEL_NAME).iterdir() if p.name.isdigit())
+    body = json.dumps({"challenger": challenger, "mode": "shadow", "percent": 100, "auto": False}).encode()
+    request = urllib.request.Request(f"{base}/v1/models/{model.MODEL_NAME}/rollout", body,
+                                     {"content-type": "application/json"}, method="POST")  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.load(response)["state"] == "running"
 
 
 COSTS = (
     Cost("prediction log (SQLite)", (), ("--prediction-log", "off"), (C16, JSON_1000), 0.85),
+    Cost("shadow at 100 %", (), (), (C1,), 1.1, shadow_repository, start_shadow),
 )  # fmt: skip
 SCENARIO_SHAPES = {C1: (1, 1), C16: (1, 16), JSON_1000: (1000, 4)}
 
@@ -51,15 +87,18 @@ def measure(cost: Cost, ctx: dict, log) -> tuple[list[Row], list[Bar]]:
     try:
         with contextlib.ExitStack() as stack:
             servers = {}
+            repository = cost.repository(ctx) if cost.repository else ctx["repository"]
             for variant, flags in (("on", cost.on), ("off", cost.off)):
                 port, state = free_port(), stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-state-"))
-                command = server_command(report.TABSERVE, port, ctx["model_dir"], ctx["repository"], free_port())
+                command = server_command(report.TABSERVE, port, ctx["model_dir"], repository, free_port())
                 command += ["--state-dir", state, *flags]
                 log_file = ctx["logs"] / f"cost-{variant}.log"
                 process = stack.enter_context(running(command, f"http://127.0.0.1:{port}{spec.ready}", log_file, 90,
                                                       model.ROOT))  # fmt: skip
                 servers[variant] = (process, f"http://127.0.0.1:{port}")
-            time.sleep(1.0)
+            if cost.turn_on is not None:
+                cost.turn_on(servers["on"][1], repository)
+            time.sleep(1.5)  # every HTTP process reads a rollout within a second
             for scenario in cost.scenarios:
                 rows, concurrency = SCENARIO_SHAPES[scenario]
                 loads = {}
@@ -76,7 +115,7 @@ def measure(cost: Cost, ctx: dict, log) -> tuple[list[Row], list[Bar]]:
                         turns.setdefault((variant, scenario), []).append(stats)
                         spent = cpu_seconds_between(before, tree_cpu_ticks(process.pid))
                         cpu[variant, scenario] = cpu.get((variant, scenario), 0.0) + spent
-    except (NotAvailable, OSError, RuntimeError) as e:
+    except (NotAvailable, OSError, RuntimeError, subprocess.SubprocessError, AssertionError) as e:
         log(f"cost of {cost.name}: failed ({e})")
         return [Row(names["on"], "", note=f"failed: {e}")], [Bar(f"{cost.name}: cost", "N/A", str(e))]
     return _rows_and_bars(cost, names, turns, cpu, log)
