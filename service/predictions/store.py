@@ -180,22 +180,23 @@ class Store:
     def logged(self, model: str, request_ids: Iterable[str]) -> dict[str, list[Logged]]:
         """Every record of these requests for `model` (the answer the client got, and a shadow's), by request id."""
         found: dict[str, list[Logged]] = {}
-        ids = list(request_ids)
+        query = "SELECT request_id, version, shadow, rows, probabilities, predicted_at FROM predictions WHERE model = ?"
+        for request_id, version, shadow, rows, blob, predicted_at in self._by_request(query, model, request_ids):
+            probabilities = np.frombuffer(bytes(blob), dtype="<f4").reshape(rows, -1)
+            entry = Logged(request_id, version, bool(shadow), rows, probabilities, predicted_at)
+            found.setdefault(request_id, []).append(entry)
+        return found
+
+    def _by_request(self, query: str, model: str, request_ids: Iterable[str]) -> list[tuple]:
+        """The rows of `query` (with `model = ?`) for these request ids, looked up IN_CHUNK at a time."""
+        ids, rows = list(request_ids), []
         with self.transaction() as cursor:
             for start in range(0, len(ids), IN_CHUNK):
                 chunk = ids[start : start + IN_CHUNK]
-                cursor.execute(
-                    self._sql(
-                        "SELECT request_id, version, shadow, rows, probabilities, predicted_at FROM predictions"
-                        f" WHERE model = ? AND request_id IN ({', '.join('?' * len(chunk))})"
-                    ),
-                    (model, *chunk),
-                )
-                for request_id, version, shadow, rows, blob, predicted_at in cursor.fetchall():
-                    probabilities = np.frombuffer(bytes(blob), dtype="<f4").reshape(rows, -1)
-                    entry = Logged(request_id, version, bool(shadow), rows, probabilities, predicted_at)
-                    found.setdefault(request_id, []).append(entry)
-        return found
+                marks = ", ".join("?" * len(chunk))
+                cursor.execute(self._sql(f"{query} AND request_id IN ({marks})"), (model, *chunk))
+                rows += cursor.fetchall()
+        return rows
 
     def classes(self, model: str, versions: Iterable[int]) -> dict[int, list[str]]:
         wanted = sorted(set(versions))
@@ -211,19 +212,8 @@ class Store:
 
     def labels_given(self, model: str, request_ids: Iterable[str]) -> dict[str, str]:
         """The labels (JSON text) already received for these requests, by request id."""
-        ids, given = list(request_ids), {}
-        with self.transaction() as cursor:
-            for start in range(0, len(ids), IN_CHUNK):
-                chunk = ids[start : start + IN_CHUNK]
-                cursor.execute(
-                    self._sql(
-                        "SELECT request_id, labels FROM feedback WHERE model = ? AND shadow = 0"
-                        f" AND request_id IN ({', '.join('?' * len(chunk))})"
-                    ),
-                    (model, *chunk),
-                )
-                given.update(cursor.fetchall())
-        return given
+        query = "SELECT request_id, labels FROM feedback WHERE model = ? AND shadow = 0"
+        return dict(self._by_request(query, model, request_ids))
 
     def add_feedback(self, rows: list[tuple]) -> set[tuple[str, int]]:
         """Feedback records (FEEDBACK_COLUMNS); returns the (request id, version) pairs this call stored, so a
