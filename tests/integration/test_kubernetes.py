@@ -98,7 +98,8 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validato
 
 def test_every_overlay_is_here():
     assert KUSTOMIZATIONS == [
-        "base", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring", "train"
+        "base", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring",
+        "overlays/production-loop", "train",
     ]  # fmt: skip
 
 
@@ -197,6 +198,24 @@ def test_the_prometheus_rule_is_generated_from_the_rules_file():
 
 def exported_metrics() -> set[str]:
     return {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+
+
+def test_the_base_logs_nothing_and_the_production_loop_overlay_shares_one_postgresql():
+    assert env(container(one("base", "Deployment")))["TABSERVE_PREDICTION_LOG"] == "off"  # two replicas, no DB
+    folder = "overlays/production-loop"
+    main = container(one(folder, "Deployment"))
+    (log,) = [item for item in main["env"] if item["name"] == "TABSERVE_PREDICTION_LOG"]
+    assert log == {"name": "TABSERVE_PREDICTION_LOG", "valueFrom": {"secretKeyRef": {"name": "tabserve-postgres",
+                                                                                       "key": "url"}}}  # fmt: skip
+    secret = one(folder, "Secret")["stringData"]
+    (postgres,) = [d for d in rendered(folder) if d["kind"] == "Service" and d["metadata"]["name"] != "tabserve"]
+    database = one(folder, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    settings = {item["name"]: item.get("value") for item in database["env"]}
+    host = f"{postgres['metadata']['name']}:{postgres['spec']['ports'][0]['port']}"
+    user, name = settings["POSTGRES_USER"], settings["POSTGRES_DB"]
+    assert secret["url"] == f"postgresql://{user}:{secret['password']}@{host}/{name}"
+    (models,) = [m for m in main["volumeMounts"] if m["name"] == "models"]
+    assert models["readOnly"] is False  # a promotion writes policy.json
 
 
 def test_the_autoscaler_targets_the_deployment_on_metrics_the_server_exports():
