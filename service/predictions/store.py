@@ -113,11 +113,13 @@ class Store:
     def _create(self, schema: Sequence[str]) -> None:
         try:
             with self.transaction() as cursor:
+                if self.kind == "postgresql":  # one process at a time: concurrent IF NOT EXISTS can still collide
+                    cursor.execute("SELECT pg_advisory_xact_lock(7411)")
                 for ddl in schema:
                     cursor.execute(ddl)
         except StoreError:
             raise
-        except Exception as e:  # replicas creating the schema at once (PostgreSQL's IF NOT EXISTS can still collide)
+        except Exception as e:  # a database that refuses the schema: retried like an unreachable one
             raise StoreError(f"creating the schema: {e}") from e
 
     def _sql(self, text: str) -> str:
