@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import time
 from pathlib import Path
 
@@ -24,15 +23,16 @@ from training.errors import DataError
 
 MIN_ROWS = 30
 LABEL_COLUMN = "label"
-AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
 
 def since_time(text: str | None) -> float:
     """`--since`: an age (`7d`, `12h`), an ISO date or time, or None (everything)."""
     if not text:
         return 0.0
-    if m := AGE.match(text.strip()):
-        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    from service.core.log_policy import parse_age  # the server's own reading of an age
+
+    if (age := parse_age(text)) is not None:
+        return time.time() - age
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:

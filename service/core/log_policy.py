@@ -26,14 +26,20 @@ def parse_url(url: str, state_dir: Path) -> tuple[str, str]:
     raise ValueError(f"expected 'off', 'sqlite:///PATH' or 'postgresql://…', got {url!r}")
 
 
+def parse_age(text: str) -> float | None:
+    """`30d`, `12h`, `15m`, `90s` → seconds; None for anything else."""
+    m = AGE.match(text.strip())
+    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+
+
 def parse_retention(text: str) -> tuple[float | None, int | None]:
     """`30d`, `12h`, `5000000rows`, both (`30d,5000000rows`) or `none` → (max age in seconds, max rows)."""
     max_age = max_rows = None
     for part in filter(None, (p.strip() for p in text.lower().split(","))):
         if part == "none":
             continue
-        if m := AGE.match(part):
-            max_age = float(m.group(1)) * UNITS[m.group(2)]
+        if (age := parse_age(part)) is not None:
+            max_age = age
         elif m := ROWS.match(part):
             max_rows = int(m.group(1))
         else:

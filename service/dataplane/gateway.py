@@ -147,7 +147,7 @@ class Gateway:
         self.replacement = server.wiring.epochs[index] > 0
         self.reloader.start(look_now=self.replacement)
         self.database = Database(settings.log_policy)
-        self.feedback = FeedbackDesk(settings.log_policy, self.database)
+        self.feedback = FeedbackDesk(self.database)
         if settings.log_policy.kind != "off":
             self.rollouts = Rollouts(settings, self.registry, self.reloader, self.database)
             self.rollouts.start()

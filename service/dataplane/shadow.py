@@ -49,8 +49,8 @@ class Shadows:
     def after(self, call, status: int, body: bytes) -> None:
         """The client's answer was sent: copy the job to the shadow challenger `prepare` chose, if there is room."""
         challenger, job = call.shadow, call.job
-        if challenger is None or job is None or status != 200 or job.features is None:
-            return
+        if challenger is None or job is None or status != 200 or job.features is None or job.kind == "explain":
+            return  # an explanation is not a prediction: nothing to compare or log
         outcome = self.shed_reason(job)
         if outcome is not None:
             metrics.shadow_requests_total.labels(challenger.name, str(challenger.version), "shed").inc()

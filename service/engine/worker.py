@@ -126,10 +126,10 @@ class InferenceAPI(ls.LitAPI):
         for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
                 signals.queue.observe(queue_seconds[index])
-            if self.prediction_log is not None and job.kind != "explain" and isinstance(result, np.ndarray):
-                manifest = self.registry.get(job.model, job.version).manifest
-                self.prediction_log.record(job, result, manifest.classes, manifest.features, job.shadow)
             answers[index] = self._encode(job, result)
+            if self.prediction_log is not None and job.kind != "explain" and isinstance(result, np.ndarray):
+                manifest = self.registry.models[job.model][job.version].manifest  # `_encode` just found it READY
+                self.prediction_log.record(job, result, manifest.classes, manifest.features, job.shadow)
         return answers
 
     def run(self, jobs: list[Job]) -> list[np.ndarray | Exception]:

@@ -22,10 +22,9 @@ import orjson
 
 from service.core import metrics
 from service.core.errors import Conflict, InvalidInput, ModelNotFound, Overloaded, UnknownRequest
-from service.core.log_policy import LogPolicy
 from service.core.schemas import Feedback
 from service.predictions.database import Database
-from service.predictions.store import FEEDBACK_COLUMNS, Logged
+from service.predictions.store import Logged
 
 LATE_SECONDS = 0.5
 """How long a call waits for request ids not found yet: an answer is logged up to ~50 ms after it was sent
@@ -35,7 +34,6 @@ MAX_WAITING = 64
 """Feedback calls that may wait for this process's database thread; more are refused with 503."""
 EPSILON = 1e-15
 """Probabilities are clipped here for the log-loss (scikit-learn's convention): a wrong 0 costs 34.5, not ∞."""
-assert len(FEEDBACK_COLUMNS.split(",")) == 11
 
 
 @dataclass(frozen=True)
@@ -60,14 +58,13 @@ class Scored:
 class FeedbackDesk:
     """Receives feedback calls for one HTTP process (service/rest/feedback.py)."""
 
-    def __init__(self, policy: LogPolicy, database: Database):
-        self.policy = policy
+    def __init__(self, database: Database):
         self.database = database
         self._waiting = 0
 
     async def receive(self, model: str, items: list[Feedback]) -> int:
         """Check, store and count `items` for `model`; returns the labelled rows matched."""
-        if self.policy.kind == "off":
+        if self.database.policy.kind == "off":
             raise ModelNotFound("feedback needs the prediction log; this server runs with TABSERVE_PREDICTION_LOG=off",
                                 reason="prediction_log_off")  # fmt: skip
         _no_repeats(items)
@@ -77,13 +74,16 @@ class FeedbackDesk:
         try:
             logged = await self._find(model, [item.request_id for item in items])
             versions = {record.version for records in logged.values() for record in records}
-            classes = await self._db(lambda store: store.classes(model, versions))
+            classes, given = await self.database.run(
+                lambda store: (store.classes(model, versions), store.labels_given(model, logged))
+            )
             scored = [score(item, record, classes, index) for index, item in enumerate(items)
                       for record in logged[item.request_id]]  # fmt: skip
-            given = await self._db(lambda store: store.labels_given(model, logged))
             fresh = [s for s in scored if _is_new(s, given, items)]
             received_at = time.time()
-            stored = await self._db(lambda store: store.add_feedback([s.row(model, received_at) for s in fresh]))
+            stored = await self.database.run(
+                lambda store: store.add_feedback([s.row(model, received_at) for s in fresh])
+            )
         finally:
             self._waiting -= 1
         count([s for s in fresh if (s.record.request_id, s.record.version) in stored], model, received_at)
@@ -91,11 +91,11 @@ class FeedbackDesk:
 
     async def _find(self, model: str, request_ids: list[str]) -> dict[str, list[Logged]]:
         """The log's records of every request id, waiting up to LATE_SECONDS for those still being written."""
-        found = await self._db(lambda store: store.logged(model, request_ids))
+        found = await self.database.run(lambda store: store.logged(model, request_ids))
         deadline = time.monotonic() + LATE_SECONDS
         while (missing := [i for i in request_ids if i not in found]) and time.monotonic() < deadline:
             await asyncio.sleep(LOOK_AGAIN_SECONDS)
-            found.update(await self._db(lambda store, missing=missing: store.logged(model, missing)))
+            found.update(await self.database.run(lambda store, missing=missing: store.logged(model, missing)))
         if missing:
             where = "request_id" if len(request_ids) == 1 else f"feedback[{request_ids.index(missing[0])}].request_id"
             raise UnknownRequest(
@@ -103,9 +103,6 @@ class FeedbackDesk:
                 "sampled, or past retention)", field=where, got=missing[0],
             )  # fmt: skip
         return found
-
-    async def _db(self, work):
-        return await self.database.run(work)
 
 
 def _no_repeats(items: list[Feedback]) -> None:

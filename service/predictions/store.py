@@ -46,7 +46,7 @@ SQLITE_SCHEMA = (
         rollout_id INTEGER NOT NULL, process TEXT NOT NULL, version INTEGER NOT NULL, requests INTEGER NOT NULL,
         errors INTEGER NOT NULL, latency TEXT NOT NULL, PRIMARY KEY (rollout_id, process, version))""",
     "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (predicted_at)",
-    "CREATE INDEX IF NOT EXISTS feedback_version_time ON feedback (model, version, received_at)",
+    "CREATE INDEX IF NOT EXISTS feedback_version_predicted ON feedback (model, version, predicted_at)",
 )  # fmt: skip
 POSTGRES_SCHEMA = tuple(
     ddl.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
@@ -229,37 +229,6 @@ class Store:
                 if cursor.rowcount:
                     stored.add((row[0], row[2]))
         return stored
-
-    def quality(self, model: str, version: int, since: float) -> tuple[int, int]:
-        """(labelled rows, correct rows) of the answers `version` gave (shadow ones included) labelled since `since`."""
-        with self.transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "SELECT COALESCE(SUM(labelled), 0), COALESCE(SUM(correct), 0) FROM feedback"
-                    " WHERE model = ? AND version = ? AND received_at >= ?"
-                ),
-                (model, version, since),
-            )
-            labelled, correct = cursor.fetchone()
-        return int(labelled), int(correct)
-
-    def labelled(self, model: str, since: float) -> list[tuple[int, int, bytes, str]]:
-        """(version, rows, features, labels JSON) of the client's answers labelled since `since` (retraining)."""
-        with self.transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "SELECT p.version, p.rows, p.features, f.labels FROM feedback AS f JOIN predictions AS p"
-                    " ON p.request_id = f.request_id AND p.model = f.model AND p.version = f.version"
-                    " WHERE f.model = ? AND f.shadow = 0 AND f.received_at >= ? ORDER BY f.received_at"
-                ),
-                (model, since),
-            )
-            return [(version, rows, bytes(blob), labels) for version, rows, blob, labels in cursor.fetchall()]
-
-    def features_of(self, model: str) -> dict[int, list[str]]:
-        with self.transaction() as cursor:
-            cursor.execute(self._sql("SELECT version, features FROM versions WHERE model = ?"), (model,))
-            return {version: json.loads(names) for version, names in cursor.fetchall()}
 
     def count(self, table: str) -> int:
         with self.transaction() as cursor:

@@ -103,7 +103,7 @@ async def _status(gateway: Gateway, rollout: Rollout) -> dict:
         evidence = json.loads(rollout.evidence)
     else:
         arms = await gateway.database.run(lambda store: records.evidence(store, rollout))
-        evidence = {"champion": arms[rollout.champion].public(), "challenger": arms[rollout.challenger].public()}
+        evidence = records.public(rollout, arms)
     return {"id": rollout.id, "model": rollout.model, "champion": rollout.champion, "challenger": rollout.challenger,
             "mode": rollout.mode, "percent": rollout.percent, "auto": rollout.auto, "state": rollout.state,
             "evidence": evidence, "reason": rollout.reason, "started_at": rollout.started_at,

@@ -127,7 +127,7 @@ class Rollouts:
                        arms: dict[int, ArmEvidence] | None = None) -> Rollout | None:  # fmt: skip
         """End `rollout` (promoted, rolled_back or stopped) if no one else did; act on it; the ended rollout."""
         arms = arms or await self.database.run(lambda store: records.evidence(store, rollout))
-        evidence = {"champion": arms[rollout.champion].public(), "challenger": arms[rollout.challenger].public()}
+        evidence = records.public(rollout, arms)
         ended = await self.database.run(lambda store: records.conclude(store, rollout, state, reason, evidence))
         if ended is None:
             return None

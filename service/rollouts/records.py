@@ -97,6 +97,11 @@ def save_arms(store: Store, process: str, totals: dict[tuple[int, int], tuple[in
         )  # fmt: skip
 
 
+def public(rollout: Rollout, arms: dict[int, ArmEvidence]) -> dict:
+    """The evidence as the API shows it and the database and audit log keep it."""
+    return {"champion": arms[rollout.champion].public(), "challenger": arms[rollout.challenger].public()}
+
+
 def evidence(store: Store, rollout: Rollout) -> dict[int, ArmEvidence]:
     """Per arm: requests, errors and p99 over every process, and labelled rows of answers given during the rollout."""
     arms = {}
