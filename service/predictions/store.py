@@ -230,6 +230,24 @@ class Store:
                     stored.add((row[0], row[2]))
         return stored
 
+    def labelled(self, model: str, since: float) -> list[tuple[int, int, bytes, str]]:
+        """(version, rows, features, labels JSON) of the client's answers labelled since `since` (retraining)."""
+        with self.transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "SELECT p.version, p.rows, p.features, f.labels FROM feedback AS f JOIN predictions AS p"
+                    " ON p.request_id = f.request_id AND p.model = f.model AND p.version = f.version"
+                    " WHERE f.model = ? AND f.shadow = 0 AND f.received_at >= ? ORDER BY f.received_at"
+                ),
+                (model, since),
+            )
+            return [(version, rows, bytes(blob), labels) for version, rows, blob, labels in cursor.fetchall()]
+
+    def features_of(self, model: str) -> dict[int, list[str]]:
+        with self.transaction() as cursor:
+            cursor.execute(self._sql("SELECT version, features FROM versions WHERE model = ?"), (model,))
+            return {version: json.loads(names) for version, names in cursor.fetchall()}
+
     def count(self, table: str) -> int:
         with self.transaction() as cursor:
             cursor.execute(f"SELECT COUNT(*) FROM {table}")
