@@ -44,11 +44,15 @@ def start(role: str) -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     attributes = {"process.pid": os.getpid(), "tabserve.process": role}
     if "OTEL_SERVICE_NAME" not in os.environ and "service.name" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
         attributes["service.name"] = "tabserve"
     provider = TracerProvider(resource=Resource.create(attributes))  # the sampler: OTEL_TRACES_SAMPLER
+    if provider.sampler is ALWAYS_OFF:  # nothing can ever be recorded: no per-request work at all
+        log.info("tracing configured with the sampler always_off: no spans")
+        return
     provider.add_span_processor(BatchSpanProcessor(_exporter()))  # its queue and delays: OTEL_BSP_*
     atexit.register(provider.shutdown)  # export what is still queued
     _EPOCH_OFFSET_NS = time.time_ns() - time.monotonic_ns()
