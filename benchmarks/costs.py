@@ -52,6 +52,8 @@ class Discarding(ThreadingHTTPServer):
 
     def __init__(self):
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a Collector does: no connection per export
+
             def do_POST(self):
                 self.rfile.read(int(self.headers["content-length"]))
                 self.send_response(200)

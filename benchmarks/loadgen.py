@@ -12,6 +12,7 @@ import contextlib
 import csv
 import http.client
 import io
+import re
 import shutil
 import subprocess
 import tempfile
@@ -62,6 +63,28 @@ class Stats:
 
 def hey_available() -> bool:
     return shutil.which("hey") is not None
+
+
+def transport_errors(load: Load, duration: float, timeout: int = 10) -> tuple[dict[int, int], dict[str, int]]:
+    """hey's own summary of a run: answers by status, and the requests that got no answer at all (connection reset,
+    broken pipe, timeouts), by error. hey's CSV leaves those out, so this is a run of its own."""
+    with tempfile.NamedTemporaryFile(prefix="bench-body-", delete=False) as f:
+        f.write(load.body)
+    command = ["hey", "-z", f"{duration:g}s", "-c", str(load.concurrency), "-t", str(timeout), "-m", "POST",
+               "-T", load.content_type, "-D", f.name, load.url]  # fmt: skip
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=duration + timeout + 30)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    statuses = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", result.stdout)}
+    errors: dict[str, int] = {}
+    for n, message in re.findall(r"^\s+\[(\d+)\]\s+(.+)$", result.stdout.split("Error distribution:")[-1], re.M):
+        kind = next((k for k in ("connection reset by peer", "broken pipe", "Client.Timeout", "EOF")
+                     if k in message), message[-60:])  # fmt: skip
+        errors[kind] = errors.get(kind, 0) + int(n)
+    if "Error distribution:" not in result.stdout:
+        errors = {}
+    return statuses, errors
 
 
 def drive(load: Load, duration: float, timeout: int = 10) -> Stats:
