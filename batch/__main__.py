@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except BatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # reading or writing failed midway: no output was written, the parts are kept
+        print(f"failed: {type(e).__name__}: {e}; run again with --resume to continue", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: run again with --resume to continue from the finished parts", file=sys.stderr)
         return INTERRUPTED
