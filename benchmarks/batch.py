@@ -32,7 +32,7 @@ from benchmarks.procs import tree_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "batch.json"
-CHUNK = 65_536
+CHUNK = 32_768  # batch/run.py DEFAULT_CHUNK_ROWS
 BAD = 25
 MIB = 1 << 20
 
