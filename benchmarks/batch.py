@@ -64,8 +64,8 @@ def make_table(path: Path, features: list[str], rows: int) -> list[int]:
         n = min(CHUNK, rows - start)
         x = rng.integers(0, 17, (n, len(features))).astype(np.float64)
         nulls = np.zeros((n, len(features)), bool)
-        for k, row in enumerate(r for r in bad if start <= r < start + n):
-            kind = kinds[k % len(kinds)]
+        for row in (r for r in bad if start <= r < start + n):
+            kind = kinds[bad.index(row) % len(kinds)]
             if kind is None:
                 nulls[row - start, (row * 7) % len(features)] = True
             else:
