@@ -18,9 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batch.errors import BatchError
+from batch.inputs import FORMATS
 from bundle.atomic import make_readable, write_text_atomic
-
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
 def file_format(path: Path) -> str:
