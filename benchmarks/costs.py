@@ -3,7 +3,7 @@
 For each feature both servers are up together (an idle one costs about 1 % of a core), and turns of each scenario
 alternate between them, `ROUNDS` times; a server's figure is the median of its turns, so a slow minute of this
 shared machine lands on both. The bar is the ratio with ÷ without. `make bench` runs them after the main table;
-`python -m benchmarks.costs [--duration S] [--only NAME]` runs them alone.
+`python -m benchmarks.costs [--duration S] [--only NAME …]` runs them alone.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from benchmarks import model, report
@@ -41,6 +43,36 @@ class Cost:
     bar: float  # with ÷ without: rps at least this (throughput), or p50 at most this (latency, at c=1)
     repository: Callable[[dict], Path] | None = None  # another repository than the main run's, for both servers
     turn_on: Callable[[str, Path], None] | None = None  # what starts the feature on the "on" server, once up
+    env_on: Callable[[dict], dict[str, str]] | None = None  # environment of the "on" server (the context given)
+
+
+class Discarding(ThreadingHTTPServer):
+    """An OTLP/HTTP endpoint on 127.0.0.1 that takes every export and throws it away (a Collector's cheapest
+    part: what tracing costs the server is the bar, not what a backend does with the spans)."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def tracing_env(sampler: str) -> Callable[[dict], dict[str, str]]:
+    def env(ctx: dict) -> dict[str, str]:
+        if "otlp" not in ctx:
+            ctx["otlp"] = Discarding()
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": ctx["otlp"].endpoint, "OTEL_TRACES_SAMPLER": sampler}
+
+    return env
 
 
 def shadow_repository(ctx: dict) -> Path:
@@ -72,6 +104,9 @@ def start_shadow(base: str, root: Path) -> None:
 COSTS = (
     Cost("prediction log (SQLite)", (), ("--prediction-log", "off"), (C16, JSON_1000), 0.85),
     Cost("shadow at 100 %", (), (), (C1,), 1.1, shadow_repository, start_shadow),
+    Cost("tracing configured, sampler always_off", (), (), (C16,), 0.95, env_on=tracing_env("always_off")),
+    Cost("tracing, every request exported", (), (), (C16,), 0.75, env_on=tracing_env("always_on")),
+    Cost("JSON access log", ("--access-log", "json"), (), (C16,), 0.9),
 )  # fmt: skip
 SCENARIO_SHAPES = {C1: (1, 1), C16: (1, 16), JSON_1000: (1000, 4)}
 
@@ -93,8 +128,9 @@ def measure(cost: Cost, ctx: dict, log) -> tuple[list[Row], list[Bar]]:
                 command = server_command(report.TABSERVE, port, ctx["model_dir"], repository, free_port())
                 command += ["--state-dir", state, *flags]
                 log_file = ctx["logs"] / f"cost-{variant}.log"
+                env = cost.env_on(ctx) if cost.env_on is not None and variant == "on" else None
                 process = stack.enter_context(running(command, f"http://127.0.0.1:{port}{spec.ready}", log_file, 90,
-                                                      model.ROOT))  # fmt: skip
+                                                      model.ROOT, env))  # fmt: skip
                 servers[variant] = (process, f"http://127.0.0.1:{port}")
             if cost.turn_on is not None:
                 cost.turn_on(servers["on"][1], repository)
@@ -154,10 +190,10 @@ def _rows_and_bars(cost: Cost, names: dict, turns: dict, cpu: dict, log) -> tupl
     return rows, bars
 
 
-def run_all(ctx: dict, log, only: str | None = None) -> tuple[list[Row], list[Bar]]:
+def run_all(ctx: dict, log, only: list[str] | None = None) -> tuple[list[Row], list[Bar]]:
     rows, bars = [], []
     for cost in COSTS:
-        if only is None or only == cost.name:
+        if not only or cost.name in only:
             r, b = measure(cost, ctx, log)
             rows += r
             bars += b
@@ -169,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.costs", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per scenario and server (8)")
-    parser.add_argument("--only", choices=[c.name for c in COSTS], help="one feature's cost")
+    parser.add_argument("--only", choices=[c.name for c in COSTS], action="append", help="a feature's cost (repeat)")
     args = parser.parse_args(argv)
     log = Clock()
     rows, bars = run_all(context(model.CACHE / "models", args.duration), log, args.only)

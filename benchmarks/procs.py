@@ -48,7 +48,8 @@ def _tail(path: Path, lines: int = 6) -> str:
 
 
 @contextlib.contextmanager
-def running(command: list[str], ready_url: str, log: Path, timeout: float, cwd: Path) -> Iterator[subprocess.Popen]:
+def running(command: list[str], ready_url: str, log: Path, timeout: float, cwd: Path,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:  # fmt: skip
     """Start `command`, yield it once `ready_url` answers 200, and stop its whole process group on the way out.
 
     `start_new_session` puts the server and every child it makes in one group (and away from the terminal's
@@ -56,7 +57,8 @@ def running(command: list[str], ready_url: str, log: Path, timeout: float, cwd: 
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **env} if env else None)  # fmt: skip
     try:
         deadline = time.monotonic() + timeout
         while http_status(ready_url, timeout=1.0) != 200:

@@ -127,6 +127,7 @@ def serve(settings: Settings) -> None:
         num_api_servers=settings.http_processes,
         generate_client_file=False,
         log_level="warning" if settings.log_level in ("debug", "info") else settings.log_level,
-        access_log=False,
+        access_log=False,  # tabserve writes its own (settings.access_log, service/dataplane/telemetry.py)
+        log_config=None,  # uvicorn's loggers propagate to the root handler: text or JSON (service/core/logs.py)
         http=server.http_protocol,
     )

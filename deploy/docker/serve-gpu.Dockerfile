@@ -39,7 +39,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     TABSERVE_HOST=0.0.0.0 \
     TABSERVE_REPOSITORY=/models \
     TABSERVE_DEVICE=auto \
-    TABSERVE_STATE_DIR=/state
+    TABSERVE_STATE_DIR=/state \
+    TABSERVE_LOG_FORMAT=json
 USER 10001
 WORKDIR /home/tabserve
 # Port 8000 unless TABSERVE_PORT (or, with no TABSERVE_PORT, PORT: KServe, Cloud Run) says otherwise; the Open

@@ -28,7 +28,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TABSERVE_HOST=0.0.0.0 \
     TABSERVE_REPOSITORY=/models \
-    TABSERVE_STATE_DIR=/state
+    TABSERVE_STATE_DIR=/state \
+    TABSERVE_LOG_FORMAT=json
 USER 10001
 WORKDIR /home/tabserve
 # Port 8000 unless TABSERVE_PORT (or, with no TABSERVE_PORT, PORT: KServe, Cloud Run) says otherwise; the Open

@@ -36,6 +36,7 @@ class Job(NamedTuple):
     target: int | None = None  # "explain" jobs: the class index named in the body, besides the predicted class
     protocol: str = "rest"  # the front-end it came by ("rest" or "grpc"), for the prediction log
     shadow: bool = False  # a copy for a shadow rollout's challenger: logged as such, its answer sent to nobody
+    trace: tuple[int, int, float] | None = None  # a sampled request's (trace_id, span_id, queued_at): tracing.py
 
     @property
     def rows(self) -> int:

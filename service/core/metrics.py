@@ -27,8 +27,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from bundle.manifest import Manifest
+from service.core import exemplars
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
@@ -82,6 +84,10 @@ requests_dropped_total = Counter(
     "deadline_exceeded (its timeout passed before inference), cancelled (its client disconnected first), "
     "worker_unavailable (the worker holding it died, or none was running).",
     ["model", "reason"],
+)
+access_log_dropped_total = Counter(
+    "tabserve_access_log_dropped_total",
+    "Access-log lines dropped because stdout did not take them in time (the request was answered anyway).",
 )
 worker_restarts_total = Counter(
     "tabserve_worker_restarts_total", "Inference workers that died (crash, OOM kill, signal) and were replaced."
@@ -253,10 +259,42 @@ def mark_dead_processes(folder: Path) -> None:
             pass
 
 
-def render() -> tuple[bytes, str]:
-    """The scrape: every process's values summed (a fresh registry each time, as multiprocess mode requires)."""
+def render(openmetrics: bool = False) -> tuple[bytes, str]:
+    """The scrape: every process's values summed (a fresh registry each time, as multiprocess mode requires).
+
+    `openmetrics` (Prometheus asks for it with exemplar storage on): the OpenMetrics format, with the exemplars
+    of traced requests on the latency buckets (service/core/exemplars.py)."""
     folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     mark_dead_processes(folder)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, str(folder))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    collector = multiprocess.MultiProcessCollector(registry, str(folder))
+    if not openmetrics:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    found = exemplars.load(folder, _alive)
+    with_exemplars = CollectorRegistry(auto_describe=False)
+    with_exemplars.register(_Collected(list(exemplars.attach(collector.collect(), found, EXEMPLAR_LABELS))))
+    return openmetrics_exposition.generate_latest(with_exemplars), openmetrics_exposition.CONTENT_TYPE_LATEST
+
+
+EXEMPLAR_LABELS = {"tabserve_request_duration_seconds": ("model", "endpoint")}
+"""The histograms that carry exemplars, with their label names in order (service/dataplane/telemetry.py)."""
+
+
+class _Collected:
+    """Metric families already collected, as a collector a registry can render."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

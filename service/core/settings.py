@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bundle import cpus
+from service.core import logs
 from service.core.log_policy import LogPolicy
 
 
@@ -147,6 +147,18 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    log_format: Literal["text", "json"] = "text"
+    """Server log lines on stderr: `text` for a terminal, `json` (one object a line, with trace ids while a traced
+    request is handled) for a log pipeline; the images and manifests set `json` (docs/observe.md)."""
+
+    access_log: Literal["off", "json"] = "off"
+    """`json`: one line per request on stdout (REST and gRPC): request id, trace id, route, model, version, rows,
+    status, reason, bytes, durations, client, process. Written by a thread; never delays a request."""
+
+    access_log_buffer_lines: int = Field(10_000, ge=1)
+    """Access-log lines a process may hold while stdout is slow; beyond them lines are dropped and counted
+    (`tabserve_access_log_dropped_total`)."""
+
     state_dir: Path = Path(".tabserve")
     """Folder for what the server writes (the SQLite prediction log); not the model repository, which may be
     mounted read-only. Created when first needed."""
@@ -244,6 +256,4 @@ class Settings(BaseSettings):
 
     def configure_logging(self) -> None:
         """Called in every process (workers are spawned and do not inherit the parent's logging setup)."""
-        logging.basicConfig(
-            level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
-        )
+        logs.configure(self.log_level, self.log_format)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.codecs.explain import work_rows
-from service.core import auth, deadlines, metrics
+from service.core import auth, deadlines, metrics, tracing
 from service.core.errors import (
     MISSING_KEY,
     ModelNotFound,
@@ -37,6 +37,7 @@ from service.core.settings import Settings
 from service.dataplane.admission import Admission
 from service.dataplane.inline import InlineLane
 from service.dataplane.shadow import Shadows
+from service.dataplane.telemetry import Telemetry
 from service.engine.dispatch import Dispatcher
 from service.models import control
 from service.models.registry import ModelVersion, Registry
@@ -71,12 +72,22 @@ class Call:
     happened: in flight, total by status, latency. A plain class, not a dataclass or a generator context manager:
     it is made for every request, and those cost a few microseconds more each (py-spy at c=64)."""
 
-    __slots__ = ("arm", "arrival", "deadline", "endpoint", "job", "model", "request_id", "shadow", "shadow_arm",
-                 "start", "status")  # fmt: skip
+    __slots__ = ("arm", "arrival", "bytes_in", "bytes_out", "client", "deadline", "endpoint", "error_body", "headers",
+                 "job", "method", "model", "reason", "request_id", "route", "shadow", "shadow_arm", "span", "start",
+                 "status", "telemetry", "timing")  # fmt: skip
 
-    def __init__(self, endpoint: str, request_id: str):
+    def __init__(self, endpoint: str, request_id: str, headers: dict, method: str, route: str, client,
+                 telemetry: Telemetry | None = None):  # fmt: skip
         self.endpoint = endpoint  # the `endpoint` label of the request metrics: predict, explain, infer, grpc_infer
         self.request_id = request_id
+        self.headers = headers  # the HTTP headers or gRPC metadata (for the trace context)
+        self.method, self.route, self.client = method, route, client  # for the access log and the span
+        self.telemetry = telemetry
+        self.span = None  # the request's server span, while tracing is on (service/dataplane/telemetry.py)
+        self.reason: str | None = None  # why it was refused, when it was
+        self.bytes_in = self.bytes_out = 0
+        self.timing: bytes | None = None  # the worker's Server-Timing header value, once answered
+        self.error_body: bytes | None = None  # the body of an error answer (its reason, for the access log)
         self.arrival = time.monotonic()  # CLOCK_MONOTONIC: the same in every process
         self.start = time.perf_counter()
         self.model: ModelVersion | None = None
@@ -93,7 +104,18 @@ class Call:
 
     def __enter__(self) -> Call:
         metrics.requests_in_flight.inc()
+        if self.telemetry is not None:
+            self.telemetry.opened(self)
         return self
+
+    def answered(self, status: int, body: bytes, headers) -> None:
+        """What the front-end sends: its status and size, and what the worker said of its timing."""
+        self.status, self.bytes_out = status, len(body)
+        if status >= 400:
+            self.error_body = body
+        for name, value in headers:
+            if name == b"server-timing":
+                self.timing = value
 
     def __exit__(self, *exc) -> None:
         metrics.requests_in_flight.dec()
@@ -103,6 +125,8 @@ class Call:
         metrics.request_duration_seconds.labels(name, self.endpoint).observe(elapsed)
         if self.arm is not None:
             self.arm.observe(self.status, elapsed)
+        if self.telemetry is not None:
+            self.telemetry.closed(self, elapsed)
 
 
 @dataclass
@@ -121,6 +145,7 @@ class Gateway:
     feedback: FeedbackDesk | None = None  # labels for logged answers (service/predictions/feedback.py)
     rollouts: Rollouts | None = None  # canaries and their decisions (service/rollouts), with the prediction log on
     shadows: Shadows | None = None  # copies for shadow rollouts (service/dataplane/shadow.py)
+    telemetry: Telemetry | None = None  # the access log and request spans (service/dataplane/telemetry.py)
     front_ends: list[FrontEnd] = field(default_factory=list)
     replacement: bool = False  # this HTTP process replaced one that died (set at start)
     _stops: list[Stop] = field(default_factory=list)
@@ -143,6 +168,8 @@ class Gateway:
             max(1, settings.max_queue_bytes // http_processes),
         )
         self.reloader.counts_failures = index == 0
+        tracing.start("http")
+        self.telemetry = Telemetry(settings, index)
         # A replacement (service/engine/supervisor.py) was forked from the main process's registry as it was at startup.
         self.replacement = server.wiring.epochs[index] > 0
         self.reloader.start(look_now=self.replacement)
@@ -185,9 +212,10 @@ class Gateway:
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         return auth.authorized(headers, self.api_keys)  # service/core/auth.py: constant-time, management key too
 
-    def call(self, endpoint: str, request_id: str) -> Call:
-        """A request's record; use as `with gateway.call(...) as call:` so it is counted however it ends."""
-        return Call(endpoint, request_id)
+    def call(self, endpoint: str, request_id: str, headers: dict, method: str, route: str, client=None) -> Call:
+        """A request's record; use as `with gateway.call(...) as call:` so it is counted however it ends (`method`,
+        `route`: as the access log and the span name it, e.g. POST and /v2/models/{name}/infer)."""
+        return Call(endpoint, request_id, headers, method, route, client, self.telemetry)
 
     def prepare(self, call: Call, headers: dict[bytes, bytes], name: str | None, version: str | None,
                 client_seconds: float | None = None, name_field: str | None = None) -> ModelVersion:  # fmt: skip
@@ -211,7 +239,8 @@ class Gateway:
         model = call.model
         protocol = "grpc" if call.endpoint.startswith("grpc") else "rest"
         call.job = Job(kind, model.name, model.version, features, call.request_id, infer, self.reloader.generation,
-                       call.arrival, call.deadline, body, header_length, protocol=protocol)  # fmt: skip
+                       call.arrival, call.deadline, body, header_length, protocol=protocol,
+                       trace=tracing.job_trace(call.span) if call.span is not None else None)  # fmt: skip
         return call.job
 
     def answered(self, call: Call, status: int, body: bytes) -> None:
@@ -242,6 +271,10 @@ class Gateway:
         if job.kind == "explain" and job.features is not None:  # undecoded bodies count in bytes instead
             rows = work_rows(rows, job.target, self.registry.get(job.model, job.version).manifest)
         connection = self.admission.worker_for(rows, job.nbytes)
+        if job.trace is not None:  # the admission span; the worker's queue-wait span starts where it ends
+            queued = time.monotonic()
+            tracing.child("admission", job.trace, now, queued)
+            job = job._replace(trace=(*job.trace[:2], queued))
         slot, future = connection.send(job, rows, job.nbytes, job.shadow)
         loop = asyncio.get_running_loop()
         hung = WorkerUnavailable("no answer from the inference worker in time")  # a 503, never a 500

@@ -17,7 +17,7 @@ import orjson
 from service.codecs import explain, oip
 from service.codecs.answers import JSON, Answer, encode_predictions, error_answer
 from service.codecs.bodies import decode_job
-from service.core import metrics
+from service.core import metrics, tracing
 from service.core.errors import ServiceError
 from service.core.job import Job
 from service.core.settings import Settings
@@ -27,6 +27,9 @@ from service.predictions.writer import PredictionLog
 
 log = logging.getLogger("tabserve.worker")
 
+SERVER_TIMING = "queue;dur=%.3f, inference;dur=%.3f"
+"""The W3C Server-Timing header of every answer the model ran for: the queue wait and the batch's ONNX Runtime
+time, in milliseconds (the access log reads them too)."""
 DROPPED = {
     "cancelled": "the client disconnected before inference",
     "deadline_exceeded": "request timeout expired before inference",
@@ -52,6 +55,7 @@ class InferenceAPI(ls.LitAPI):
     def setup(self, device) -> None:
         s = self.settings
         s.configure_logging()
+        tracing.start("worker")
         self.registry = Registry.load(s.repository, s.device, s.max_rows_per_request, s.default_model, sessions=True)
         for entry in self.registry.entries():
             if entry.reason_code == "session_error":  # only workers open sessions; the rest is counted at startup
@@ -77,14 +81,17 @@ class InferenceAPI(ls.LitAPI):
     def predict(self, model: str, version: int, features: np.ndarray) -> np.ndarray:
         entry = self.registry.ensure(model, version)
         start = time.perf_counter()
-        probabilities = entry.predict(features)
+        with tracing.span("onnxruntime.run", {"tabserve.model": model, "tabserve.version": version,
+                                              "tabserve.rows": len(features)}):  # fmt: skip
+            probabilities = entry.predict(features)
         self._signals(entry).observe_call(features, probabilities, time.perf_counter() - start)
         return probabilities
 
     def explain(self, model: str, version: int, packed: np.ndarray) -> np.ndarray:
         """Explanations for rows packed by `explain.packed_rows` (not counted in the class mix or drift: a row
         explained is usually a row already predicted)."""
-        return self.registry.ensure(model, version).explain(packed)
+        with tracing.span("onnxruntime.run explain", {"tabserve.model": model, "tabserve.rows": len(packed)}):
+            return self.registry.ensure(model, version).explain(packed)
 
     def _signals(self, entry) -> metrics.VersionSignals:
         key = entry.name, entry.version
@@ -110,6 +117,10 @@ class InferenceAPI(ls.LitAPI):
         """One answer per job: large bodies are decoded first (a bad one is refused alone, with the same message
         the HTTP process would give), then every runnable job shares the ONNX Runtime calls."""
         self.follow(max(job.generation for job in jobs))
+        with tracing.batch(jobs, time.monotonic()) as traced:
+            return self._answer(jobs, queue_seconds, traced)
+
+    def _answer(self, jobs: list[Job], queue_seconds: list[float], traced: bool) -> list[Answer]:
         answers: list[Answer | None] = [None] * len(jobs)
         runnable: list[tuple[int, Job]] = []
         for index, job in enumerate(jobs):
@@ -122,11 +133,18 @@ class InferenceAPI(ls.LitAPI):
                 answers[index] = self.dropped(job, "deadline_exceeded")
                 continue
             runnable.append((index, job))
+        start = time.perf_counter()
         results = self.run([job for _, job in runnable])
+        inference_ms = (time.perf_counter() - start) * 1000
         for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
                 signals.queue.observe(queue_seconds[index])
-            answers[index] = self._encode(job, result)
+            encoding = time.monotonic()
+            status, body, headers = self._encode(job, result)
+            timing = SERVER_TIMING % (queue_seconds[index] * 1000, inference_ms)
+            answers[index] = status, body, [*headers, (b"server-timing", timing.encode())]
+            if traced and job.trace is not None:
+                tracing.child("encode answer", job.trace, encoding, time.monotonic())
             if self.prediction_log is not None and job.kind != "explain" and isinstance(result, np.ndarray):
                 manifest = self.registry.models[job.model][job.version].manifest  # `_encode` just found it READY
                 self.prediction_log.record(job, result, manifest.classes, manifest.features, job.shadow)

@@ -27,6 +27,8 @@ from service.grpc import status_codes, tensors
 from service.models.registry import ModelVersion
 
 SERVED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer")
+ROUTE = "inference.GRPCInferenceService/ModelInfer"
+"""How the access log and the span name ModelInfer (REST: the route template)."""
 ENDPOINT = "grpc_infer"
 """`endpoint` label of `tabserve_requests_total` for ModelInfer (REST: `predict`, `infer`)."""
 
@@ -81,10 +83,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         """Answer one inference, whatever happens; the gateway's `Call` records it as it does REST's."""
-        with self.gateway.call(ENDPOINT, request.id or next(self.ids).decode()) as call:
+        headers = status_codes.headers(context)
+        with self.gateway.call(ENDPOINT, request.id or next(self.ids).decode(), headers, "gRPC", ROUTE,
+                               context.peer()) as call:  # fmt: skip
             try:
-                self.gateway.prepare(call, status_codes.headers(context), request.model_name,
-                                     request.model_version or None, context.time_remaining(), "model_name")  # fmt: skip
+                self.gateway.prepare(call, headers, request.model_name, request.model_version or None,
+                                     context.time_remaining(), "model_name")  # fmt: skip
                 answer = await self._infer(call, request)
                 call.status = 200
                 self.gateway.answered(call, 200, b"")  # a shadow copy, if any, runs once this answer is sent
@@ -101,7 +105,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         timeout = tensors.timeout_us(request)
         call.deadline = deadlines.shorten(call.deadline, call.arrival, timeout)
         infer = InferRequest(features, request.id or None, tensors.outputs(request), timeout)
+        call.bytes_in = request.ByteSize() if call.telemetry is not None and call.telemetry.access else 0
         code, body, headers = await self.gateway.submit(self.gateway.job(call, "infer", features, infer))
+        call.answered(code, body, headers)
         headers = dict(headers)
         if code != 200:
             retry_after = headers.get(b"retry-after")

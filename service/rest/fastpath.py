@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 
 import orjson
 
@@ -83,7 +84,7 @@ class FastPath:
             (match := PREDICT.match(path)) or (match := INFER.match(path)) or (match := EXPLAIN.match(path))
         ):
             kind = "predict" if match.re is PREDICT else "infer" if match.re is INFER else "explain"
-            return await self.predict(kind, match, headers, request_id, receive, send)
+            return await self.predict(kind, match, headers, request_id, receive, send, scope.get("client"))
         if path not in PUBLIC and not self.gateway.authorized(headers):
             error = Unauthorized(MISSING_KEY)
             return await _respond(
@@ -93,12 +94,25 @@ class FastPath:
                 [(b"content-type", b"application/json"), (b"x-request-id", request_id)],
             )
 
+        answer = [0, 0]  # status, body bytes: for the access log
+
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+                answer[0] = message["status"]
+            else:
+                answer[1] += len(message.get("body", b""))
             await send(message)
 
-        return await self.app(scope, receive, send_with_id)
+        start = time.perf_counter()
+        try:
+            return await self.app(scope, receive, send_with_id)
+        finally:
+            if (telemetry := self.gateway.telemetry) is not None and telemetry.access is not None:
+                route = scope["route"].path if "route" in scope else path
+                telemetry.request(scope["method"], route, answer[0] or 499, request_id.decode(),
+                                  time.perf_counter() - start, scope.get("client"), _declared_length(headers, None),
+                                  answer[1])  # fmt: skip
 
     def _lifespan(self, receive):
         """`receive` for the lifespan: the other front-ends (gRPC) start with the HTTP process and stop before it."""
@@ -122,20 +136,22 @@ class FastPath:
             return await _respond(send, 200, b'{"ready":true}', headers)
         return await _respond(send, 503, NOT_READY_BODY, headers)
 
-    async def predict(self, kind: str, match: re.Match, headers: dict, request_id: bytes, receive, send) -> None:
+    async def predict(self, kind: str, match: re.Match, headers: dict, request_id: bytes, receive, send,
+                      client) -> None:  # fmt: skip
         """Answer one prediction request, whatever happens (the gateway's `Call` records it)."""
         read = [False]  # whether the body has been read
-        with self.gateway.call(kind, request_id.decode()) as call:
+        with self.gateway.call(kind, request_id.decode(), headers, "POST", match, client) as call:
             try:
                 self.gateway.prepare(call, headers, match.group("name"), match.group("version"))
-                call.status, body, extra = await self.handle(kind, call, headers, receive, read)
+                status, body, extra = await self.handle(kind, call, headers, receive, read)
             except ClientGone:
                 return
             except Exception as e:
-                call.status, body, extra = refusal(e, call.model_name, match.string)
+                status, body, extra = refusal(e, call.model_name, match.string)
                 if not read[0] and _declared_length(headers, None) > DECODE_INLINE_BYTES:
-                    extra.append(CLOSE)
-            await _respond(send, call.status, body, [*extra, (b"x-request-id", request_id)])
+                    extra.append(CLOSE)  # the protocol lingers (service/rest/limits.py): the client reads this
+            call.answered(status, body, extra)
+            await _respond(send, status, body, [*extra, (b"x-request-id", request_id)])
             if call.shadow is not None:
                 self.gateway.answered(call, call.status, body)
 
@@ -151,6 +167,7 @@ class FastPath:
                 gateway.admission.check_room(declared)
             body = await _read_body(receive, reservation, settings.max_body_bytes)
             read[0] = True
+            call.bytes_in = len(body)
         job = gateway.job(call, kind, body=body, header_length=header_length.decode() if header_length else None)
         if len(body) <= DECODE_INLINE_BYTES:
             job = call.job = decode_job(job, model.spec)

@@ -11,6 +11,9 @@ Slow or hostile clients could hold every connection and all the memory. Here, pe
 
 Each timer is one `call_later` per request, cancelled when its part arrives.
 
+And a lingering close (`linger`) for every connection closed while its request's body is still arriving (a
+refusal before the body was read, 431, 408): without it the client is reset and never reads its answer.
+
 And one send per answer: uvicorn writes a response's status line and headers, then its body, each with its own
 `send()` (strace); `OneWrite` holds the first back until the second comes.
 """
@@ -51,10 +54,10 @@ class OneWrite:
     a head still held, so nothing written is ever lost.
     """
 
-    __slots__ = ("head", "started", "transport")
+    __slots__ = ("head", "protocol", "started", "transport")
 
-    def __init__(self, transport: asyncio.Transport):
-        self.transport, self.head, self.started = transport, None, False
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol):
+        self.transport, self.protocol, self.head, self.started = transport, protocol, None, False
 
     def write(self, data: bytes) -> None:
         if not self.started and not data.startswith(b"HTTP/1.1 100 "):
@@ -68,10 +71,20 @@ class OneWrite:
         if self.head is not None:
             self.transport.write(self.head)
             self.head = None
-        self.transport.close()
+        cycle = self.protocol.cycle
+        if cycle is not None and cycle.more_body:  # answered before the body was read: linger, or it is lost
+            self.protocol.linger()
+        else:
+            self.transport.close()
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
+
+
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
+"""A lingering close ends at the client's close, or after this long or this many discarded bytes, whichever
+comes first: a client that keeps sending cannot hold the connection or the CPU."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -89,7 +102,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.started = False  # whether a byte of the current request has arrived
         self.deadline: asyncio.TimerHandle | None = None
+        self.lingering: int | None = None  # bytes still to discard, while closing (`linger`)
         self._arm(self.header_timeout, self._headers_late)
+
+    def linger(self) -> None:
+        """A lingering close (RFC 9112 §9.6, nginx's `lingering_close`): the answer went out before the request's
+        body was read, and closing now, with that body still arriving, would make the kernel reset the
+        connection and the client lose the answer (its 503 and Retry-After). So stop writing (FIN), keep reading
+        and discarding, unparsed, until the client closes, or `LINGER_SECONDS` or `LINGER_BYTES` run out."""
+        if self.transport.is_closing() or self.lingering is not None:
+            return
+        self.lingering = LINGER_BYTES
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # after what is buffered: the answer
+        self.flow.resume_reading()
+        self._arm(LINGER_SECONDS, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self.deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering is None:
+            return super().data_received(data)
+        self.lingering -= len(data)
+        if self.lingering <= 0:
+            self._linger_over()
 
     def _arm(self, seconds: float, callback) -> None:
         if self.deadline is not None:
@@ -136,7 +175,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.body_timeout, self._body_late)
         super().on_headers_complete()
         if self.cycle is not None:  # made just now; its task has not run yet
-            self.cycle.transport = OneWrite(self.transport)
+            self.cycle.transport = OneWrite(self.transport, self)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -160,7 +199,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _close_with(self, response: bytes) -> None:
         if not self.transport.is_closing():
             self.transport.write(response)
-            self.transport.close()
+            self.linger()  # what the client still sends must not reset the connection before it reads this
 
 
 def protocol_for(settings: Settings) -> type[GuardedHttpToolsProtocol]:

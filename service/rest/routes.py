@@ -94,9 +94,10 @@ def _register_operations(app: FastAPI, gateway: Gateway) -> None:
         return PlainTextResponse("ok") if gateway.ready() else PlainTextResponse("not ready", 503)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
-    def prometheus_metrics() -> Response:
-        """Prometheus text format, summed over every server process (service/core/metrics.py)."""
-        content, content_type = metrics.render()
+    def prometheus_metrics(request: Request) -> Response:
+        """Prometheus text format, summed over every server process (service/core/metrics.py); OpenMetrics, with
+        the trace ids of traced requests as exemplars, when the scraper asks for it (`Accept`)."""
+        content, content_type = metrics.render("application/openmetrics-text" in request.headers.get("accept", ""))
         return Response(content, media_type=content_type)
 
 

@@ -76,7 +76,7 @@ def container(deployment: dict) -> dict:
 
 
 def env(container: dict) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container.get("env", [])}
+    return {item["name"]: item.get("value") for item in container.get("env", [])}
 
 
 def strict(schema):
@@ -100,7 +100,7 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validato
 def test_every_overlay_is_here():
     assert KUSTOMIZATIONS == [
         "base", "batch", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring",
-        "overlays/production-loop", "train",
+        "overlays/production-loop", "overlays/tracing", "train",
     ]  # fmt: skip
 
 
@@ -217,6 +217,24 @@ def test_the_base_logs_nothing_and_the_production_loop_overlay_shares_one_postgr
     assert secret["url"] == f"postgresql://{user}:{secret['password']}@{host}/{name}"
     (models,) = [m for m in main["volumeMounts"] if m["name"] == "models"]
     assert models["readOnly"] is False  # a promotion writes policy.json
+
+
+def test_the_base_logs_json_and_the_tracing_overlay_exports_to_its_collector():
+    base = env(container(one("base", "Deployment")))
+    assert (base["TABSERVE_LOG_FORMAT"], base["TABSERVE_ACCESS_LOG"]) == ("json", "json")
+    folder = "overlays/tracing"
+    (server,) = [d for d in rendered(folder) if d["kind"] == "Deployment" and d["metadata"]["name"] == "tabserve"]
+    settings = env(container(server))
+    collector = [d for d in rendered(folder) if d["kind"] == "Service" and d["metadata"]["name"] == "otel-collector"]
+    ports = {p["name"]: p["port"] for p in collector[0]["spec"]["ports"]}
+    assert settings["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{ports['otlp-grpc']}"
+    assert settings["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert (
+        settings["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        and float(settings["OTEL_TRACES_SAMPLER_ARG"]) == 0.1
+    )
+    config = yaml.safe_load(one(folder, "ConfigMap")["data"]["config.yaml"])
+    assert config["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
 
 
 def test_the_autoscaler_targets_the_deployment_on_metrics_the_server_exports():

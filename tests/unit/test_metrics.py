@@ -33,7 +33,7 @@ ALL = [m for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Hist
 
 
 def test_every_metric_is_named_by_convention():
-    assert len(ALL) == 34
+    assert len(ALL) == 35
     for metric in ALL:
         assert metric._name.startswith("tabserve_"), metric._name
         assert set(metric._labelnames) <= BOUNDED_LABELS, (metric._name, metric._labelnames)
