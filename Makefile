@@ -13,7 +13,7 @@ SERVE_ARGS ?=
 BENCH_DURATION ?= 8
 
 .PHONY: setup tools run serve test lint format train retrain rollback canary rollout-status promote rollout-stop \
-	verify quality bench bench-loop stress clean
+	verify quality bench bench-loop bench-batch score stress clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,serve,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,serve,batch,ray,dev]"
 	touch $(STAMP)
 
 # Debian packages the tests and benchmarks run for real: Prometheus (+ promtool), docker-compose (to validate
@@ -89,6 +89,12 @@ rollout-status promote rollout-stop: setup
 	@test -n "$(MODEL)" || { echo "usage: make $@ MODEL=<name>"; exit 2; }
 	@PORT=$(PORT) $(PY) -m service.rollouts $(patsubst rollout-%,%,$@) --model $(MODEL)
 
+## make score MODEL=digits INPUT=table.parquet OUTPUT=scores.parquet [ARGS="--keep row_id --engine ray"]: score a whole
+## table with the version the server answers with; rejects and OUTPUT.summary.json beside it (docs/batch-scoring.md).
+score: setup
+	@test -n "$(MODEL)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make score MODEL=<name> INPUT=<file, folder or glob> OUTPUT=<out.parquet|out.csv>"; exit 2; }
+	$(PY) -m batch --repository $(REPOSITORY) --name $(MODEL) --input '$(INPUT)' --output $(OUTPUT) $(ARGS)
+
 ## make verify FOLDER=models/iris/1
 verify: setup
 	$(PY) -m training verify $(FOLDER)
@@ -105,6 +111,10 @@ bench: setup
 ## The production loop end to end (weak champion, better challenger, labels, decisions): make bench-loop (~3 min).
 bench-loop: setup
 	$(PY) -m benchmarks.production_loop
+
+## Batch scoring against plain ONNX Runtime on 2,000,000 rows, a SIGKILL and --resume, Ray: make bench-batch (~5 min).
+bench-batch: setup
+	$(PY) -m benchmarks.batch $(ARGS)
 
 ## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 4 minutes).
 stress: setup

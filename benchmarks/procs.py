@@ -122,13 +122,29 @@ def _stats() -> dict[int, tuple[str, int, int, int, int]]:
 def tree_cpu_ticks(root: int) -> dict[int, int]:
     """CPU ticks used so far by `root` and every descendant (by parent links, or by session for orphans)."""
     stats = _stats()
+    return {pid: stats[pid][4] for pid in _tree(root, stats) if pid in stats}
+
+
+def _tree(root: int, stats: dict[int, tuple]) -> set[int]:
     members = {pid for pid, s in stats.items() if s[3] == root} | {root}
     grew = True
     while grew:
         more = {pid for pid, s in stats.items() if s[1] in members} - members
         members |= more
         grew = bool(more)
-    return {pid: stats[pid][4] for pid in members if pid in stats}
+    return members
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root` and every descendant now (VmRSS from /proc/<pid>/status; 0 for gone ones)."""
+    total = 0
+    for pid in _tree(root, _stats()):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+    return total
 
 
 def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:

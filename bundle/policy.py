@@ -38,6 +38,12 @@ class VersionPolicy(BaseModel):
             chosen.append(self.pinned)
         return sorted(chosen)
 
+    def serving_order(self, versions: list[int]) -> list[int]:
+        """`versions` in the order they are tried for the default answer: the pinned one, then the newest first.
+        The first that is loaded answers (the server's registry and `python -m batch` both pick so)."""
+        pinned = [self.pinned] if self.pinned in versions else []
+        return pinned + sorted((v for v in versions if v not in pinned), reverse=True)
+
     def describe(self) -> str:
         selection = f"latest {self.latest}" if self.latest else f"versions {self.versions}"
         return selection + (f", pinned to {self.pinned}" if self.pinned else "")

@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bundle import policy, repository
-from bundle.integrity import BundleError, check_bundle, check_explainer, check_probe
+from bundle.integrity import BundleError, check_bundle
 from bundle.manifest import Manifest
+from bundle.session import open_explainer, open_model, providers_for
 from service.codecs import explain
 from service.codecs.spec import InputSpec
 from service.core.errors import ModelNotFound, ModelNotReady
@@ -24,36 +25,6 @@ from service.core.errors import ModelNotFound, ModelNotReady
 log = logging.getLogger("tabserve.registry")
 
 State = Literal["READY", "UNAVAILABLE"]
-
-
-def session_options() -> ort.SessionOptions:
-    """One thread per session and no spinning: a multi-process server must not have idle workers burn cores.
-
-    No CPU memory arena and no memory pattern: batch shapes change with every call, so the arena keeps the
-    largest shape's buffers for good and the pattern is re-planned per shape. Measured on the digits MLP
-    (64→128→64→10, one thread; 11 warm-up shapes up to 100,000 rows, then 90 random ones): arena + pattern
-    (ORT's default) 271 → 293 MiB RSS, 40 µs per 1-row call, 910k rows/s at 1024 rows; arena off + pattern
-    off 157 → 228 MiB, 17 µs, 1,127k rows/s. Lowest memory and fastest, so both are off.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
-
-
-def providers_for(device: str) -> list[str]:
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise BundleError(f"device 'cuda' requested but ONNX Runtime offers only {available}", "provider_unavailable")
-    return ["CPUExecutionProvider"]
 
 
 @dataclass
@@ -91,11 +62,8 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
         providers = providers_for(device)
         onnx_session = explainer = None
         if session:
-            onnx_session = ort.InferenceSession(
-                str(folder / repository.MODEL_FILE), sess_options=session_options(), providers=providers
-            )
+            onnx_session = open_model(folder, manifest, providers)  # probed on the provider that will serve
             providers = onnx_session.get_providers()
-            check_probe(onnx_session, manifest, folder / repository.MODEL_FILE)  # on the provider that will serve
             explainer = open_explainer(folder, manifest, providers)
     except BundleError as e:
         log.error("skipping %s/%s: %s", name, version, e)
@@ -112,22 +80,6 @@ def load_version(folder: Path, device: str, max_rows: int, session: bool = True)
     )  # fmt: skip
     log.info("loaded %s/%s on %s", name, version, loaded.provider)
     return loaded
-
-
-def open_explainer(folder: Path, manifest: Manifest, providers: list[str]) -> ort.InferenceSession | None:
-    """The explain graph's session, opened with the model's (workers only), or None for a version without one.
-
-    Opened at load rather than on the first explain request: it is verified (probe) before the version takes
-    traffic, no request pays for opening it, and an idle one costs next to nothing. Measured on the digits MLP
-    (108 KiB graph, 32 steps): opening it adds 0.1 MiB RSS to the worker; running explain calls of up to 128
-    rows (4,096 path points) raises RSS by 9 MiB, which only explain traffic ever causes.
-    """
-    if manifest.explanation is None:
-        return None
-    path = folder / repository.EXPLAIN_FILE
-    explainer = ort.InferenceSession(str(path), sess_options=session_options(), providers=providers)
-    check_explainer(explainer, manifest, path)  # on the provider that will serve
-    return explainer
 
 
 def stamp(folder: Path) -> tuple:
@@ -262,13 +214,8 @@ class Registry:
         return entry
 
     def _default_version(self, name: str, versions: dict[int, ModelVersion]) -> ModelVersion:
-        pinned = versions.get(self.policies[name].pinned or 0)
-        if pinned is not None and pinned.state == "READY":
-            return pinned
-        ready = [v for v in versions.values() if v.state == "READY"]
-        if not ready:
-            reasons = sorted({v.reason or "" for v in versions.values()})
-            raise ModelNotReady(
-                f"model {name!r} has no loadable version: {'; '.join(reasons)}", field="model", got=name
-            )
-        return max(ready, key=lambda v: v.version)  # a broken pinned version never answers: newest READY does
+        for version in self.policies[name].serving_order(sorted(versions)):  # a broken pinned version never answers
+            if versions[version].state == "READY":
+                return versions[version]
+        reasons = sorted({v.reason or "" for v in versions.values()})
+        raise ModelNotReady(f"model {name!r} has no loadable version: {'; '.join(reasons)}", field="model", got=name)

@@ -52,6 +52,7 @@ CUSTOM_RESOURCES = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.monitoring.coreos.com.v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.monitoring.coreos.com.v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.keda.sh.v1alpha1.json",
+    ("ray.io/v1", "RayJob"): "rayjob.ray.io.v1.json",
 }
 GRACEFUL_SECONDS = int(re.search(r"^GRACEFUL_SECONDS = (\d+)", (ROOT / "service/server.py").read_text(), re.M)[1])
 
@@ -98,7 +99,7 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validato
 
 def test_every_overlay_is_here():
     assert KUSTOMIZATIONS == [
-        "base", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring",
+        "base", "batch", "overlays/autoscaling", "overlays/gpu", "overlays/kserve", "overlays/monitoring",
         "overlays/production-loop", "overlays/tracing", "train",
     ]  # fmt: skip
 

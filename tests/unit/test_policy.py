@@ -28,3 +28,10 @@ def test_round_trip_is_atomic_and_strict(tmp_path):
     (tmp_path / "policy.json").write_text('{"lastest": 2}')
     with pytest.raises(ValidationError, match="lastest"):
         policy.read(tmp_path)
+
+
+def test_serving_order_tries_the_pinned_version_then_the_newest():
+    """The order the server's registry and python -m batch try versions in for the default answer."""
+    assert VersionPolicy().serving_order([1, 2, 3]) == [3, 2, 1]
+    assert VersionPolicy(pinned=1).serving_order([1, 2, 3]) == [1, 3, 2]
+    assert VersionPolicy(pinned=7).serving_order([1, 2, 3]) == [3, 2, 1]  # a pinned version that is not there
