@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString  # how prometheus-client writes the `le` label
 
 FLUSH_SECONDS = 1.0
 PREFIX = "exemplars_"
@@ -29,7 +30,7 @@ def observe(histogram, labels: tuple[str, ...], value: float, trace_id: str) -> 
     on the event loop, which writes this process's file within `FLUSH_SECONDS`."""
     bounds = histogram._upper_bounds  # the buckets it was declared with, +Inf last
     le = next(bound for bound in bounds if value <= bound)
-    _latest[f"{histogram._name}|{'|'.join(labels)}|{_le_text(le)}"] = [trace_id, value, time.time()]
+    _latest[f"{histogram._name}|{'|'.join(labels)}|{floatToGoString(le)}"] = [trace_id, value, time.time()]
     if not _pending:
         _pending.append(asyncio.get_running_loop().call_later(FLUSH_SECONDS, _write))
 
@@ -43,13 +44,6 @@ def _write() -> None:
         temporary.replace(path)
     except OSError:  # a full or gone metrics folder must never fail a request
         pass
-
-
-def _le_text(bound: float) -> str:
-    """A bucket bound as prometheus-client writes the `le` label (floatToGoString)."""
-    from prometheus_client.utils import floatToGoString
-
-    return floatToGoString(bound)
 
 
 def load(folder: Path, live) -> dict[str, list]:

@@ -251,12 +251,8 @@ def mark_dead_processes(folder: Path) -> None:
     """Drop the live gauges (in-flight requests, loaded models) of processes that are gone."""
     pids = {int(m.group(1)) for f in os.listdir(folder) if (m := FILE_PID.search(f))}
     for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             multiprocess.mark_process_dead(pid, str(folder))
-        except PermissionError:  # alive, owned by someone else
-            pass
 
 
 def render(openmetrics: bool = False) -> tuple[bytes, str]:
@@ -270,7 +266,7 @@ def render(openmetrics: bool = False) -> tuple[bytes, str]:
     collector = multiprocess.MultiProcessCollector(registry, str(folder))
     if not openmetrics:
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    found = exemplars.load(folder, _alive)
+    found = exemplars.load(folder, alive)
     with_exemplars = CollectorRegistry(auto_describe=False)
     with_exemplars.register(_Collected(list(exemplars.attach(collector.collect(), found, EXEMPLAR_LABELS))))
     return openmetrics_exposition.generate_latest(with_exemplars), openmetrics_exposition.CONTENT_TYPE_LATEST
@@ -290,11 +286,11 @@ class _Collected:
         return self.families
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # alive, owned by someone else
         return True
     return True

@@ -84,7 +84,7 @@ class Call:
         self.method, self.route, self.client = method, route, client  # for the access log and the span
         self.telemetry = telemetry
         self.span = None  # the request's server span, while tracing is on (service/dataplane/telemetry.py)
-        self.reason: str | None = None  # why it was refused, when it was
+        self.reason: str | None = None  # why a gRPC call was refused (REST's is in its error body)
         self.bytes_in = self.bytes_out = 0
         self.timing: bytes | None = None  # the worker's Server-Timing header value, once answered
         self.error_body: bytes | None = None  # the body of an error answer (its reason, for the access log)

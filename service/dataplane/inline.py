@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bundle.session import providers_for
 from service.codecs.answers import Answer
 from service.core.job import Job
 from service.core.settings import Settings
 from service.engine.worker import InferenceAPI
-from service.models.registry import Registry, providers_for
+from service.models.registry import Registry
 from service.predictions.writer import PredictionLog
 
 log = logging.getLogger("tabserve.inline")

@@ -29,8 +29,7 @@ class Telemetry:
     def opened(self, call) -> None:
         if tracing.tracer is None:
             return
-        if not isinstance(call.route, str):  # REST gives its path's match: made a template only when needed
-            call.route = route_of(call.route)
+        _template(call)
         attributes = {"http.request.method": call.method, "http.route": call.route,
                       "tabserve.request_id": call.request_id}  # fmt: skip
         name = call.route if call.method == "gRPC" else f"{call.method} {call.route}"
@@ -41,8 +40,7 @@ class Telemetry:
         if span is not None:
             self._end_span(call, span, elapsed)
         if self.access is not None:
-            if not isinstance(call.route, str):
-                call.route = route_of(call.route)
+            _template(call)
             self.access.write(self.fields(call, elapsed))
 
     def _end_span(self, call, span, elapsed: float) -> None:
@@ -50,12 +48,13 @@ class Telemetry:
             span.set_attribute("tabserve.model", call.model.name)
             span.set_attribute("tabserve.version", call.model.version)
         span.set_attribute("http.response.status_code", call.status)
-        if call.reason:
-            span.set_attribute("tabserve.reason", call.reason)
+        reason = _reason(call)
+        if reason:
+            span.set_attribute("tabserve.reason", reason)
         if call.status >= 500:
             from opentelemetry.trace import Status, StatusCode
 
-            span.set_status(Status(StatusCode.ERROR, call.reason or str(call.status)))
+            span.set_status(Status(StatusCode.ERROR, reason or str(call.status)))
         sampled = span.is_recording()
         span.end()
         if sampled:
@@ -67,7 +66,7 @@ class Telemetry:
         queue_ms = inference_ms = None
         if call.timing is not None:  # "queue;dur=0.052, inference;dur=0.210" (service/engine/worker.py)
             queue, inference = call.timing.split(b", ")
-            queue_ms, inference_ms = float(queue[10:]), float(inference[14:])
+            queue_ms, inference_ms = float(queue.split(b"=")[1]), float(inference.split(b"=")[1])
         trace_id = span_id = None
         if call.span is not None and (context := call.span.get_span_context()).is_valid:
             trace_id, span_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -76,7 +75,7 @@ class Telemetry:
             "request_id": call.request_id, "trace_id": trace_id, "span_id": span_id, "method": call.method,
             "route": call.route, "model": model.name if model else None, "version": model.version if model else None,
             "rows": call.job.rows if call.job is not None else None, "status": call.status,
-            "reason": call.reason or _reason(call), "bytes_in": call.bytes_in, "bytes_out": call.bytes_out,
+            "reason": _reason(call), "bytes_in": call.bytes_in, "bytes_out": call.bytes_out,
             "duration_ms": round(elapsed * 1000, 3), "queue_ms": queue_ms, "inference_ms": inference_ms,
             "client": client_text(call.client), "http_process": self.process, "pid": self.pid,
         }  # fmt: skip
@@ -92,8 +91,17 @@ class Telemetry:
             })  # fmt: skip
 
 
+def _template(call) -> None:
+    """REST opens a call with its path's match; it becomes the route template only when something needs it."""
+    if not isinstance(call.route, str):
+        call.route = route_of(call.route)
+
+
 def _reason(call) -> str | None:
-    """An answer the worker refused carries its reason in its body (service/codecs/answers.py error_answer)."""
+    """Why a call was refused: a gRPC refusal says so; an error answer carries it in its body (service/codecs/
+    answers.py error_answer, the REST refusals' bodies alike)."""
+    if call.reason is not None:
+        return call.reason
     if call.status < 400 or call.error_body is None:
         return None
     try:

@@ -97,7 +97,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise
             except Exception as e:
                 error = e if isinstance(e, status_codes.Answered) else refused(e, call.model_name, "ModelInfer")
-                call.status = error.status
+                call.status, call.reason = error.status, error.reason
             await status_codes.abort(context, error)
 
     async def _infer(self, call, request) -> pb.ModelInferResponse:

@@ -128,6 +128,21 @@ def test_the_access_log_has_a_json_line_per_request_over_both_protocols(traced):
     assert grpc_lines and grpc_lines[0]["route"] == "inference.GRPCInferenceService/ModelInfer"
 
 
+def test_a_refused_grpc_call_is_logged_with_its_reason(traced):
+    server, _ = traced
+    features = tgrpc.InferInput("features", [1, 4], "FP32")
+    features.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+    with pytest.raises(tgrpc.InferenceServerException):
+        tgrpc.InferenceServerClient(server.grpc_address).infer("nope", [features], request_id="refused-grpc-call")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "refused-grpc-call" not in {
+        line["request_id"] for line in access_lines(server)
+    }:
+        time.sleep(0.1)
+    (line,) = [line for line in access_lines(server) if line["request_id"] == "refused-grpc-call"]
+    assert (line["method"], line["status"], line["reason"]) == ("gRPC", 404, "model_not_found")
+
+
 def test_server_log_lines_are_json(traced):
     server, _ = traced
     lines = [line for line in server.output().splitlines() if line.strip()]
