@@ -34,6 +34,7 @@ class Telemetry:
                       "tabserve.request_id": call.request_id}  # fmt: skip
         name = call.route if call.method == "gRPC" else f"{call.method} {call.route}"
         call.span = tracing.request_span(name, call.headers, call.arrival, attributes)
+        call.trace_token = tracing.enter(call.span)  # current while it is handled: log lines carry its ids
 
     def closed(self, call, elapsed: float) -> None:
         span = call.span
@@ -44,17 +45,17 @@ class Telemetry:
             self.access.write(self.fields(call, elapsed))
 
     def _end_span(self, call, span, elapsed: float) -> None:
+        attributes = {"http.response.status_code": call.status}
         if call.model is not None:
-            span.set_attribute("tabserve.model", call.model.name)
-            span.set_attribute("tabserve.version", call.model.version)
-        span.set_attribute("http.response.status_code", call.status)
-        reason = _reason(call)
-        if reason:
-            span.set_attribute("tabserve.reason", reason)
+            attributes["tabserve.model"], attributes["tabserve.version"] = call.model.name, call.model.version
+        if reason := _reason(call):
+            attributes["tabserve.reason"] = reason
+        span.set_attributes(attributes)  # one call: each set_attribute takes the span's lock
         if call.status >= 500:
             from opentelemetry.trace import Status, StatusCode
 
             span.set_status(Status(StatusCode.ERROR, reason or str(call.status)))
+        tracing.leave(call.trace_token)
         sampled = span.is_recording()
         span.end()
         if sampled:

@@ -117,10 +117,10 @@ class InferenceAPI(ls.LitAPI):
         """One answer per job: large bodies are decoded first (a bad one is refused alone, with the same message
         the HTTP process would give), then every runnable job shares the ONNX Runtime calls."""
         self.follow(max(job.generation for job in jobs))
-        with tracing.batch(jobs, time.monotonic()) as traced:
-            return self._answer(jobs, queue_seconds, traced)
+        with tracing.batch(jobs, time.monotonic()):
+            return self._answer(jobs, queue_seconds)
 
-    def _answer(self, jobs: list[Job], queue_seconds: list[float], traced: bool) -> list[Answer]:
+    def _answer(self, jobs: list[Job], queue_seconds: list[float]) -> list[Answer]:
         answers: list[Answer | None] = [None] * len(jobs)
         runnable: list[tuple[int, Job]] = []
         for index, job in enumerate(jobs):
@@ -136,19 +136,21 @@ class InferenceAPI(ls.LitAPI):
         start = time.perf_counter()
         results = self.run([job for _, job in runnable])
         inference_ms = (time.perf_counter() - start) * 1000
+        with tracing.span("encode answers", {"tabserve.requests": len(runnable)}):
+            self._encode_all(runnable, results, answers, queue_seconds, inference_ms)
+        return answers
+
+    def _encode_all(self, runnable, results, answers, queue_seconds, inference_ms) -> None:
+        """Each run job's answer, with its Server-Timing; each prediction to the log (service/feedback/)."""
         for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
                 signals.queue.observe(queue_seconds[index])
-            encoding = time.monotonic()
             status, body, headers = self._encode(job, result)
             timing = SERVER_TIMING % (queue_seconds[index] * 1000, inference_ms)
             answers[index] = status, body, [*headers, (b"server-timing", timing.encode())]
-            if traced and job.trace is not None:
-                tracing.child("encode answer", job.trace, encoding, time.monotonic())
             if self.prediction_log is not None and job.kind != "explain" and isinstance(result, np.ndarray):
                 manifest = self.registry.models[job.model][job.version].manifest  # `_encode` just found it READY
                 self.prediction_log.record(job, result, manifest.classes, manifest.features, job.shadow)
-        return answers
 
     def run(self, jobs: list[Job]) -> list[np.ndarray | Exception]:
         """Predictions and explanations of one batch: the same loop, separate ONNX Runtime calls (different graphs)."""

@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -57,3 +58,24 @@ def test_tracing_is_off_without_an_otlp_endpoint(monkeypatch):
     assert tracing.wanted()
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not tracing.wanted()
+
+
+def test_a_log_line_written_while_a_request_span_is_current_names_its_trace(monkeypatch, capsys):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # the span is never exported here
+    monkeypatch.setattr(tracing, "tracer", None)  # restored after the test: other tests run untraced
+    monkeypatch.setattr(tracing, "_recorder", None)
+    tracing.start("http")
+    traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    span = tracing.request_span("POST /predict", {b"traceparent": traceparent}, time.monotonic(), {})
+    logs.configure("info", "json")
+    try:
+        token = tracing.enter(span)  # as Telemetry.opened does for every traced request
+        logging.getLogger("tabserve.test").warning("inside")
+        tracing.leave(token)
+        logging.getLogger("tabserve.test").warning("outside")
+        inside, outside = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines()[-2:])
+    finally:
+        logs.configure("info", "text")
+    assert inside["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert inside["span_id"] == format(span.get_span_context().span_id, "016x") != "00f067aa0ba902b7"
+    assert "trace_id" not in outside
