@@ -116,7 +116,7 @@ bench-loop: setup
 bench-batch: setup
 	$(PY) -m benchmarks.batch $(ARGS)
 
-## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 4 minutes).
+## Overload, abandoned requests, slow clients, a worker kill and a soak, with verdicts: make stress (about 5 minutes).
 stress: setup
 	@command -v hey >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; }
 	$(PY) -m benchmarks.stress

@@ -222,6 +222,21 @@ def overload_phases(repository: Path, bodies: dict[str, bytes], out: dict) -> li
     return phases
 
 
+def unlingering_phase(repository: Path, bodies: dict[str, bytes], out: dict) -> Phase:
+    """The patient storm again, on a server that closes refused connections at once (`--lingering-close-seconds
+    0`): the same run's goodput and transport errors without the lingering close, to compare."""
+    port, log = port_pair(), RESULTS / "stress-server-unlingering.log"
+    storm = Load(f"http://127.0.0.1:{port}/predict", bodies["storm"], STORM_ROWS, STORM_CLIENTS)
+    with serve(repository, port, log, "--lingering-close-seconds", "0") as server:
+        time.sleep(2)
+        with Watch(port, server.pid) as watch:
+            stats = drive(storm, STORM_SECONDS, timeout=60)
+        statuses, errors = transport_errors(storm, STORM_SECONDS / 2, 60)
+        out["unlingering_transport_errors"] = {"statuses": statuses, "errors": errors}
+    note = f"transport errors in a {STORM_SECONDS / 2:.0f} s storm: {sum(errors.values())} ({errors or 'none'})"
+    return phase("storm, patient clients, lingering close off (to compare)", stats, watch, note)
+
+
 def kill_phase(repository: Path, bodies: dict[str, bytes], out: dict) -> Phase:
     port, log = port_pair(), RESULTS / "stress-server-kill.log"
     url = f"http://127.0.0.1:{port}/predict"
@@ -267,8 +282,9 @@ def soak_phase(repository: Path, bodies: dict[str, bytes], out: dict, seconds: f
 
 
 def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
-    patient, impatient = phases[0], phases[1]
+    patient, impatient, unlingering = phases[0], phases[1], phases[5]
     storms = phases[:2]
+    kept = patient.goodput_rps / unlingering.goodput_rps if unlingering.goodput_rps else 0.0
     codes = {code for p in phases for code in p.statuses}
     ratio = impatient.goodput_rps / patient.goodput_rps if patient.goodput_rps else 0.0
     peak = max(p.peak_mib for p in storms)
@@ -284,6 +300,8 @@ def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
         ("storms: every client gets an answer (no reset, no broken pipe)",
          "; ".join(f"{n}: {sum(v['errors'].values())} errors" for n, v in out["storm_transport_errors"].items()),
          all(not v["errors"] for v in out["storm_transport_errors"].values())),
+        ("storm goodput with the lingering close ≥ 90% of without it (same run)",
+         f"{patient.goodput_rps:,.1f} vs {unlingering.goodput_rps:,.1f} 2xx/s = {kept:.2f}x", kept >= 0.9),
         ("only 2xx / 4xx / 503 answers", ", ".join(map(str, sorted(codes))),
          all(c < 500 or c == 503 for c in codes)),
         ("normal traffic with slow clients ≥ 90%", f"{out['slow_ratio']:.0%}", out["slow_ratio"] >= 0.9),
@@ -322,9 +340,10 @@ def main() -> int:
     }
     out: dict = {}
     started = time.monotonic()
-    print(f"stress: storm body {len(bodies['storm']) / 1e6:.1f} MB; about {2 + soak_seconds / 60:.0f} minutes",
+    print(f"stress: storm body {len(bodies['storm']) / 1e6:.1f} MB; about {3 + soak_seconds / 60:.0f} minutes",
           flush=True)  # fmt: skip
     phases = overload_phases(repository, bodies, out)
+    phases.append(unlingering_phase(repository, bodies, out))
     phases.append(kill_phase(repository, bodies, out))
     phases.append(soak_phase(repository, bodies, out, soak_seconds))
     checks = verdicts(phases, out)

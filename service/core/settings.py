@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     body_timeout: float = Field(60.0, gt=0.0)
     """Seconds a request's body may take to arrive once its headers are in; then the connection is closed."""
 
+    lingering_close_seconds: float = Field(2.0, ge=0.0, le=60.0)
+    """How long a connection answered before its body was read (a 503, 413 or 401 refusal) keeps reading and
+    discarding what the client still sends before it closes, so the client reads the answer instead of a reset
+    (nginx's `lingering_time`); at most 16 MiB are discarded. 0 closes at once (resets then lose refusals)."""
+
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     """Most bytes of request line and headers; more is answered 431 and the connection closed."""
 

@@ -81,15 +81,15 @@ class OneWrite:
         return self.transport.is_closing()
 
 
-LINGER_SECONDS = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
-"""A lingering close ends at the client's close, or after this long or this many discarded bytes, whichever
-comes first: a client that keeps sending cannot hold the connection or the CPU."""
+"""A lingering close ends at the client's close, or after `lingering_close_seconds` or this many discarded bytes,
+whichever comes first: a client that keeps sending cannot hold the connection or the CPU."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 60.0
+    linger_seconds = 2.0
     max_header_bytes = 32 * 1024
     requests: set[asyncio.Task] | None = None
     """uvicorn's request tasks in this process, shared by every connection (one is added when a request's headers
@@ -109,14 +109,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """A lingering close (RFC 9112 §9.6, nginx's `lingering_close`): the answer went out before the request's
         body was read, and closing now, with that body still arriving, would make the kernel reset the
         connection and the client lose the answer (its 503 and Retry-After). So stop writing (FIN), keep reading
-        and discarding, unparsed, until the client closes, or `LINGER_SECONDS` or `LINGER_BYTES` run out."""
+        and discarding, unparsed, until the client closes, or `linger_seconds` or `LINGER_BYTES` run out."""
         if self.transport.is_closing() or self.lingering is not None:
+            return
+        if not self.linger_seconds:  # configured off: close at once
+            self.transport.close()
             return
         self.lingering = LINGER_BYTES
         if self.transport.can_write_eof():
             self.transport.write_eof()  # after what is buffered: the answer
         self.flow.resume_reading()
-        self._arm(LINGER_SECONDS, self._linger_over)
+        self._arm(self.linger_seconds, self._linger_over)
 
     def _linger_over(self) -> None:
         self.deadline = None
@@ -211,5 +214,6 @@ def protocol_for(settings: Settings) -> type[GuardedHttpToolsProtocol]:
             "header_timeout": settings.header_timeout,
             "body_timeout": settings.body_timeout,
             "max_header_bytes": settings.max_header_bytes,
+            "linger_seconds": settings.lingering_close_seconds,
         },
     )
