@@ -107,9 +107,15 @@ def test_the_access_log_has_a_json_line_per_request_over_both_protocols(traced):
     )
     missing = httpx.post(server.url + "/v1/models/nope:predict", json={"instances": [ROW]})
     assert (ok.status_code, missing.status_code) == (200, 404)
+    features = tgrpc.InferInput("features", [1, 4], "FP32")
+    features.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+    tgrpc.InferenceServerClient(server.grpc_address).infer("iris", [features])  # its line too, run alone or not
     wanted = {ok.headers["x-request-id"], missing.headers["x-request-id"]}
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not wanted <= {line["request_id"] for line in access_lines(server)}:
+    while time.monotonic() < deadline and not (
+        wanted <= {line["request_id"] for line in access_lines(server)}
+        and any(line["method"] == "gRPC" for line in access_lines(server))
+    ):
         time.sleep(0.1)
     lines = {line["request_id"]: line for line in access_lines(server)}
     line = lines[ok.headers["x-request-id"]]

@@ -20,7 +20,7 @@ def test_port_comes_from_tabserve_port_then_port_then_the_default(monkeypatch, t
 @pytest.mark.parametrize(
     "field, value",
     [("max_queue_rows", 0), ("max_queue_bytes", 10), ("max_queue_time_ms", 0), ("header_timeout", 301),
-     ("max_header_bytes", 100), ("port", 80)],
+     ("max_header_bytes", 100), ("port", 80), ("lingering_close_seconds", -1), ("lingering_close_seconds", 61)],
 )  # fmt: skip
 def test_bounds_are_checked_at_startup(tmp_path, field, value):
     with pytest.raises(ValidationError, match=field):
