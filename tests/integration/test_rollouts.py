@@ -182,6 +182,9 @@ def test_automatic_canaries_promote_a_better_version_and_roll_back_a_worse_one(t
         assert status["state"] == "promoted" and "mSPRT" in status["reason"], status
         challenger = status["evidence"]["challenger"]
         assert challenger["labelled"] >= 30 and challenger["accuracy"] > status["evidence"]["champion"]["accuracy"]
+        deadline = time.monotonic() + 10  # the decision is recorded first, then policy.json written (controller.py)
+        while policy.read(root / "iris").pinned != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert policy.read(root / "iris").pinned == 2
         time.sleep(1.5)
         rollout(server, "POST", json={"challenger": 3, "percent": 30})
