@@ -282,7 +282,8 @@ def soak_phase(repository: Path, bodies: dict[str, bytes], out: dict, seconds: f
 
 
 def verdicts(phases: list[Phase], out: dict) -> list[tuple[str, str, bool]]:
-    patient, impatient, unlingering = phases[0], phases[1], phases[5]
+    patient, impatient = phases[0], phases[1]
+    unlingering = next(p for p in phases if p.name.startswith("storm, patient clients, lingering close off"))
     storms = phases[:2]
     kept = patient.goodput_rps / unlingering.goodput_rps if unlingering.goodput_rps else 0.0
     codes = {code for p in phases for code in p.statuses}

@@ -141,7 +141,7 @@ class InferenceAPI(ls.LitAPI):
         return answers
 
     def _encode_all(self, runnable, results, answers, queue_seconds, inference_ms) -> None:
-        """Each run job's answer, with its Server-Timing; each prediction to the log (service/feedback/)."""
+        """Each run job's answer, with its Server-Timing; each prediction to the log (service/predictions/)."""
         for (index, job), result in zip(runnable, results, strict=True):
             if signals := self.signals.get((job.model, job.version)):  # made by `predict` for every version it ran
                 signals.queue.observe(queue_seconds[index])
